@@ -1,0 +1,67 @@
+# Front door of the project. On a fresh Debian machine `make demo` and `make test` install what
+# they lack, build, fetch the default model and run.
+BUILD        ?= build
+BUILD_ASAN   ?= build-asan
+JOBS         ?= $(shell nproc)
+SQUAT_MODELS ?= $(HOME)/.cache/squat/models
+MODEL        ?= $(SQUAT_MODELS)/SmolLM2-135M-Instruct.Q4_1.gguf
+export SQUAT_MODELS
+
+DEB_PACKAGES = cmake ninja-build g++ clang ccache pkg-config libgtest-dev libgmock-dev libbenchmark-dev \
+  libhwy-dev libeigen3-dev libcli11-dev nlohmann-json3-dev libfmt-dev libpcre2-dev \
+  libcpp-httplib-dev python3-pip
+
+CMAKE_FLAGS = -G Ninja -DCMAKE_BUILD_TYPE=Release -DSQUAT_WERROR=ON -DSQUAT_TEST_MODEL=$(MODEL)
+
+.PHONY: all deps build model demo test test-release test-sanitize bench fuzz format clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(BUILD)/build.ninja: | deps
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+
+build: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j $(JOBS)
+
+model:
+	@scripts/fetch-model >/dev/null
+
+demo: build model
+	$(BUILD)/squat run -m $(MODEL) -p "The capital of France is" -n 32 --temp 0
+
+test: test-release test-sanitize
+
+test-release: build model
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# Unit tests again under AddressSanitizer and UndefinedBehaviorSanitizer (the heavy end-to-end
+# tests run only in the release build above).
+test-sanitize: deps model
+	cmake -S . -B $(BUILD_ASAN) $(CMAKE_FLAGS) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSQUAT_SANITIZE=ON -DSQUAT_BENCH=OFF
+	cmake --build $(BUILD_ASAN) -j $(JOBS)
+	cd $(BUILD_ASAN) && ctest --output-on-failure -j $(JOBS) -LE slow
+
+bench: build
+	@for b in $(BUILD)/bench/bench_*; do $$b; done
+
+fuzz: deps
+	cmake -S . -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DSQUAT_FUZZ=ON -DSQUAT_TESTS=OFF -DSQUAT_BENCH=OFF
+	cmake --build build-fuzz -j $(JOBS) --target fuzz_gguf
+	mkdir -p build-fuzz/corpus
+	build-fuzz/fuzz/fuzz_gguf build-fuzz/corpus tests/fixtures/gguf -max_total_time=$${FUZZ_SECONDS:-60} -max_len=65536
+
+format:
+	clang-format -i $$(git ls-files '*.h' '*.cpp' '*.cu')
+
+clean:
+	rm -rf $(BUILD) $(BUILD_ASAN) build-fuzz

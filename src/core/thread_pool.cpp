@@ -1,0 +1,92 @@
+#include "core/thread_pool.h"
+
+#include <algorithm>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SQUAT_CPU_RELAX() _mm_pause()
+#else
+#define SQUAT_CPU_RELAX() std::this_thread::yield()
+#endif
+
+namespace squat {
+
+namespace {
+constexpr int kSpinIterations = 20000;
+}
+
+ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
+  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_.store(true);
+    generation_.fetch_add(1);
+  }
+  wake_.notify_all();
+  for (auto& worker : workers_) worker.join();
+}
+
+void ThreadPool::worker_loop(int index) {
+  uint64_t seen = 0;
+  for (;;) {
+    uint64_t current = generation_.load(std::memory_order_acquire);
+    for (int spin = 0; current == seen && spin < kSpinIterations; ++spin) {
+      SQUAT_CPU_RELAX();
+      current = generation_.load(std::memory_order_acquire);
+    }
+    if (current == seen) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      sleeping_.fetch_add(1);
+      wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      sleeping_.fetch_sub(1);
+      current = generation_.load(std::memory_order_acquire);
+    }
+    seen = current;
+    if (stop_.load()) return;
+    (*job_)(index);
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+void ThreadPool::dispatch(const std::function<void(int)>& job) {
+  if (n_threads_ == 1) {
+    job(0);
+    return;
+  }
+  job_ = &job;
+  pending_.store(n_threads_ - 1, std::memory_order_release);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  if (sleeping_.load() > 0) wake_.notify_all();
+  job(0);
+  while (pending_.load(std::memory_order_acquire) != 0) SQUAT_CPU_RELAX();
+}
+
+void ThreadPool::run_on_all(const std::function<void(int)>& body) { dispatch(body); }
+
+void ThreadPool::parallel_for(std::size_t n, const RangeFn& body, std::size_t grain) {
+  if (n == 0) return;
+  grain = std::max<std::size_t>(1, grain);
+  const std::size_t chunks = (n + grain - 1) / grain;
+  const std::size_t parts = std::min<std::size_t>(chunks, std::size_t(n_threads_));
+  if (parts <= 1) {
+    body(0, n, 0);
+    return;
+  }
+  const std::function<void(int)> job = [&](int thread) {
+    if (std::size_t(thread) >= parts) return;
+    const std::size_t first_chunk = chunks * std::size_t(thread) / parts;
+    const std::size_t last_chunk = chunks * std::size_t(thread + 1) / parts;
+    const std::size_t begin = first_chunk * grain;
+    const std::size_t end = std::min(n, last_chunk * grain);
+    if (begin < end) body(begin, end, thread);
+  };
+  dispatch(job);
+}
+
+}  // namespace squat
