@@ -1,0 +1,27 @@
+#include <cstdio>
+#include <exception>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "apps/commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"squat: LLM inference with a 2-4 bit SQuat KV cache"};
+  app.require_subcommand(1);
+  squat::apps::register_run_command(app);
+  squat::apps::register_quant_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);  // CLI11 prints the message; usage errors exit with status 2 below
+  } catch (const squat::Error& e) {
+    fmt::print(stderr, "squat: {}\n", e.what());
+    return e.exit_status();
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "squat: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
