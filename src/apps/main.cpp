@@ -15,7 +15,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);  // CLI11 prints the message; usage errors exit with status 2 below
+    // CLI11 prints help or the message; --help exits 0, every usage error exits 2.
+    return app.exit(e) == 0 ? 0 : 2;
   } catch (const squat::Error& e) {
     fmt::print(stderr, "squat: {}\n", e.what());
     return e.exit_status();
