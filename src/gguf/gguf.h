@@ -44,11 +44,14 @@ struct Value {
   std::vector<Value> array;
 };
 
+// A value as short readable text (strings quoted and escaped, arrays cut after max_elements).
+std::string to_string(const Value& value, std::size_t max_elements = 8);
+
 struct TensorInfo {
   std::string name;
   std::vector<uint64_t> shape;  // GGUF order: shape[0] is the contiguous (fastest) dimension
   TensorType type = TensorType::F32;
-  uint64_t offset = 0;          // relative to the start of the data section
+  uint64_t offset = 0;  // relative to the start of the data section
   uint64_t n_elements = 0;
   uint64_t n_bytes = 0;
   const uint8_t* data = nullptr;  // inside the mapping, valid while the File lives
@@ -68,6 +71,8 @@ class File {
   const std::string& path() const;
   uint32_t version() const;
   std::size_t alignment() const;
+  std::size_t data_offset() const;  // where the data section starts in the file
+  std::size_t size() const;         // file size in bytes
 
   const std::vector<std::pair<std::string, Value>>& metadata() const;
   const Value* find(const std::string& key) const;  // nullptr when absent
