@@ -53,7 +53,14 @@ test-sanitize: deps model
 bench: build
 	@for b in $(BUILD)/bench/bench_*; do $$b; done
 
+# libFuzzer's runtime comes in libclang-rt-<clang major>-dev (only recommended by clang on Debian).
 fuzz: deps
+	@rt=libclang-rt-$$(clang++ -dumpversion | cut -d. -f1)-dev; \
+	if ! dpkg -s $$rt >/dev/null 2>&1; then \
+	  echo "fuzz: installing $$rt"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$rt; \
+	fi
 	cmake -S . -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DSQUAT_FUZZ=ON -DSQUAT_TESTS=OFF -DSQUAT_BENCH=OFF
 	cmake --build build-fuzz -j $(JOBS) --target fuzz_gguf
