@@ -1,0 +1,39 @@
+// Per-target SIMD pieces behind matvec/matmul (matmul_simd.cpp), called by matmul.cpp after it
+// has split rows over threads and prepared activations and scratch.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "gguf/types.h"
+
+namespace squat::kernels::detail {
+
+// x quantized row by row with quantize_activations_q8: row i has q + i*cols, d/s + i*nb.
+struct Q8Rows {
+  const int8_t* q;
+  const float* d;
+  const float* s;
+  std::size_t cols;
+  std::size_t nb;  // cols / 32
+};
+
+// Q4_1 or Q8_0 weight rows [r0, r1) against n quantized x rows: y[i*ldy + r].
+// scratch: at least 8 * nb floats.
+void q8_rows(gguf::TensorType type, const uint8_t* w, std::size_t row_bytes, std::size_t r0,
+             std::size_t r1, const Q8Rows& x, std::size_t n, float* y, std::size_t ldy,
+             float* scratch);
+
+// nrows float weight rows (stride w_stride floats) against n x rows of cols floats:
+// y[i*ldy + r] = dot(w row r, x row i).
+void float_rows(const float* w, std::size_t w_stride, std::size_t nrows, const float* x,
+                std::size_t n, std::size_t cols, float* y, std::size_t ldy);
+
+// F16 weight rows [r0, r1) against one x vector: y[r] (decode, fused conversion).
+void f16_rows_vec(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::size_t r1,
+                  const float* x, std::size_t cols, float* y);
+
+// count fp16 values to float.
+void f16_to_f32(const uint8_t* src, float* dst, std::size_t count);
+
+}  // namespace squat::kernels::detail
