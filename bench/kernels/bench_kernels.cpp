@@ -1,0 +1,195 @@
+// Kernel throughput: weight bytes streamed per second (the decode bound) and, for matmul,
+// multiply-adds per second. SmolLM2-135M shapes (hidden 576, ffn 1536, vocab 49152).
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/aligned_buffer.h"
+#include "core/fp16.h"
+#include "core/thread_pool.h"
+#include "kernels/matmul.h"
+#include "kernels/ops.h"
+
+namespace squat::kernels {
+namespace {
+
+using gguf::TensorType;
+
+struct Weights {
+  AlignedBuffer<uint8_t> bytes;
+  WeightView view;
+};
+
+// Random weights with finite fp16 scales (layout facts as in the tests).
+Weights make_weights(TensorType type, std::size_t rows, std::size_t cols, unsigned seed) {
+  const gguf::TypeTraits& t = gguf::traits(type);
+  const std::size_t row_bytes = gguf::row_bytes(type, cols);
+  Weights w;
+  w.bytes.resize(rows * row_bytes);
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (std::size_t i = 0; i < w.bytes.size(); ++i) w.bytes[i] = uint8_t(byte(rng));
+  std::uniform_real_distribution<float> uni(-0.05f, 0.05f);
+  const std::size_t blocks = rows * cols / t.block_size;
+  for (std::size_t b = 0; b < blocks; ++b) {
+    uint8_t* p = w.bytes.data() + b * t.block_bytes;
+    const uint16_t h = float_to_fp16(uni(rng));
+    if (type == TensorType::F32) {
+      const float f = uni(rng);
+      std::memcpy(p, &f, 4);
+    } else {
+      std::memcpy(p, &h, 2);
+      if (type == TensorType::Q4_1) std::memcpy(p + 2, &h, 2);
+    }
+  }
+  w.view = {type, w.bytes.data(), rows, cols, row_bytes};
+  return w;
+}
+
+std::vector<float> make_x(std::size_t n) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = normal(rng);
+  return x;
+}
+
+ThreadPool& pool(int threads) {
+  static ThreadPool one(1), two(2);
+  return threads == 1 ? one : two;
+}
+
+void set_counters(benchmark::State& state, const WeightView& w, std::size_t n) {
+  const double bytes = double(w.rows) * double(w.row_bytes);
+  state.counters["weight_GB/s"] =
+      benchmark::Counter(bytes * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GMAC/s"] = benchmark::Counter(
+      double(w.rows) * double(w.cols) * double(n) * double(state.iterations()) / 1e9,
+      benchmark::Counter::kIsRate);
+}
+
+// Args: rows, cols, threads.
+template <TensorType kType>
+void BM_Matvec(benchmark::State& state) {
+  const Weights w =
+      make_weights(kType, std::size_t(state.range(0)), std::size_t(state.range(1)), 1);
+  const auto x = make_x(w.view.cols);
+  std::vector<float> y(w.view.rows);
+  ThreadPool& p = pool(int(state.range(2)));
+  for (auto _ : state) {
+    matvec(w.view, x.data(), y.data(), p);
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_counters(state, w.view, 1);
+}
+
+template <TensorType kType>
+void BM_MatvecRef(benchmark::State& state) {
+  const Weights w =
+      make_weights(kType, std::size_t(state.range(0)), std::size_t(state.range(1)), 1);
+  const auto x = make_x(w.view.cols);
+  std::vector<float> y(w.view.rows);
+  for (auto _ : state) {
+    matvec_ref(w.view, x.data(), y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_counters(state, w.view, 1);
+}
+
+// Args: rows, cols, n, threads.
+template <TensorType kType>
+void BM_Matmul(benchmark::State& state) {
+  const Weights w =
+      make_weights(kType, std::size_t(state.range(0)), std::size_t(state.range(1)), 2);
+  const std::size_t n = std::size_t(state.range(2));
+  const auto x = make_x(n * w.view.cols);
+  std::vector<float> y(n * w.view.rows);
+  ThreadPool& p = pool(int(state.range(3)));
+  for (auto _ : state) {
+    matmul(w.view, x.data(), n, y.data(), p);
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_counters(state, w.view, n);
+}
+
+// Every projection of SmolLM2-135M's 30 layers, one matvec each: a decode step's weight
+// traffic (about 95 MB in Q4_1), so the working set is the model, not one matrix in L2.
+template <TensorType kType>
+void BM_DecodeLayers(benchmark::State& state) {
+  const std::size_t shapes[7][2] = {{576, 576},  {192, 576},  {192, 576}, {576, 576},
+                                    {1536, 576}, {1536, 576}, {576, 1536}};
+  std::vector<Weights> mats;
+  for (int layer = 0; layer < 30; ++layer)
+    for (const auto& s : shapes)
+      mats.push_back(make_weights(kType, s[0], s[1], unsigned(mats.size())));
+  const auto x = make_x(1536);
+  std::vector<float> y(1536);
+  ThreadPool& p = pool(int(state.range(0)));
+  double bytes = 0, macs = 0;
+  for (const auto& m : mats) {
+    bytes += double(m.view.rows * m.view.row_bytes);
+    macs += double(m.view.rows * m.view.cols);
+  }
+  for (auto _ : state) {
+    for (const auto& m : mats) matvec(m.view, x.data(), y.data(), p);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["weight_GB/s"] =
+      benchmark::Counter(bytes * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GMAC/s"] =
+      benchmark::Counter(macs * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
+}
+
+void MatvecShapes(benchmark::internal::Benchmark* b) {
+  for (int threads : {1, 2})
+    for (auto [r, c] : {std::pair{576, 576}, {1536, 576}, {576, 1536}, {49152, 576}})
+      b->Args({r, c, threads});
+  b->UseRealTime();
+}
+
+void MatmulShapes(benchmark::internal::Benchmark* b) {
+  for (int n : {64, 512})
+    for (auto [r, c] : {std::pair{576, 576}, {1536, 576}}) b->Args({r, c, n, 2});
+  b->Args({1536, 576, 512, 1});
+  b->UseRealTime();
+}
+
+BENCHMARK(BM_Matvec<TensorType::Q4_1>)->Apply(MatvecShapes);
+BENCHMARK(BM_MatvecRef<TensorType::Q4_1>)
+    ->Args({576, 576, 1})
+    ->Args({1536, 576, 1})
+    ->Args({49152, 576, 1});
+BENCHMARK(BM_Matvec<TensorType::Q8_0>)->Apply(MatvecShapes);
+BENCHMARK(BM_Matvec<TensorType::F16>)->Apply(MatvecShapes);
+BENCHMARK(BM_Matvec<TensorType::F32>)->Args({576, 576, 2})->Args({1536, 576, 2})->UseRealTime();
+BENCHMARK(BM_Matvec<TensorType::Q4_K>)->Args({1536, 768, 2})->UseRealTime();
+BENCHMARK(BM_Matmul<TensorType::Q4_1>)->Apply(MatmulShapes);
+BENCHMARK(BM_Matmul<TensorType::Q8_0>)->Apply(MatmulShapes);
+BENCHMARK(BM_Matmul<TensorType::F16>)->Apply(MatmulShapes);
+BENCHMARK(BM_DecodeLayers<TensorType::Q4_1>)->Arg(1)->Arg(2)->UseRealTime();
+
+void BM_Softmax(benchmark::State& state) {
+  auto x = make_x(std::size_t(state.range(0)));
+  for (auto _ : state) {
+    softmax(x.data(), x.size());
+    benchmark::DoNotOptimize(x.data());
+  }
+}
+BENCHMARK(BM_Softmax)->Arg(4096);
+
+void BM_Swiglu(benchmark::State& state) {
+  const auto g = make_x(1536), u = make_x(1536);
+  std::vector<float> out(1536);
+  for (auto _ : state) {
+    swiglu(g.data(), u.data(), out.data(), 1536);
+    benchmark::DoNotOptimize(out.data());
+  }
+}
+BENCHMARK(BM_Swiglu);
+
+}  // namespace
+}  // namespace squat::kernels
+
+BENCHMARK_MAIN();
