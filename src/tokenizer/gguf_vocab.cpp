@@ -22,7 +22,7 @@ int32_t token_id_or(const gguf::File& file, const std::string& key, int32_t fall
 
 }  // namespace
 
-Tokenizer Tokenizer::from_gguf(const gguf::File& file) {
+Vocab read_vocab(const gguf::File& file) {
   Vocab vocab;
   vocab.name = file.path();
   const std::string model = file.get_string("tokenizer.ggml.model");
@@ -91,7 +91,9 @@ Tokenizer Tokenizer::from_gguf(const gguf::File& file) {
   vocab.add_eos = file.get_bool_or("tokenizer.ggml.add_eos_token", vocab.add_eos);
   vocab.add_space_prefix =
       file.get_bool_or("tokenizer.ggml.add_space_prefix", vocab.add_space_prefix);
-  return from_vocab(std::move(vocab));
+  return vocab;
 }
+
+Tokenizer Tokenizer::from_gguf(const gguf::File& file) { return from_vocab(read_vocab(file)); }
 
 }  // namespace squat

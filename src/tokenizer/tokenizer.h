@@ -16,6 +16,10 @@
 
 namespace squat {
 
+// The tokenizer.ggml.* metadata of a GGUF file, with llama.cpp's defaults for absent keys.
+// Throws squat::Error naming the file and key on missing or malformed fields.
+Vocab read_vocab(const gguf::File& file);
+
 class Tokenizer {
  public:
   // Reads tokenizer.ggml.* metadata. Throws squat::Error naming the file and key on missing or

@@ -118,25 +118,33 @@ TEST_F(DefaultModel, WikitextRoundTrip) {
   EXPECT_EQ(tokenizer_->decode(ids), text);
 }
 
-// llama.cpp's ids (via llama-cpp-python) for a few prompts, if the fixture has been made.
+// llama.cpp's tokenization (via llama-cpp-python) of the prompts in the engine fixture made
+// by scripts/make-llamacpp-fixture (schema at the top of that script), when it exists.
 TEST_F(DefaultModel, MatchesLlamaCppFixture) {
   const std::string path =
       std::string(SQUAT_SOURCE_DIR) + "/tests/fixtures/llamacpp/smollm2_q4_1.json";
   std::ifstream in(path);
   if (!in) GTEST_SKIP() << "no fixture at " << path;
   const nlohmann::json fixture = nlohmann::json::parse(in);
-  ASSERT_TRUE(fixture.contains("prompts")) << "fixture has no \"prompts\"";
+  ASSERT_TRUE(fixture.contains("cases")) << path << " has no \"cases\"";
+  const auto& model = fixture.at("model");
+  EXPECT_EQ(model.at("n_vocab").get<std::size_t>(), tokenizer_->vocab_size());
+  EXPECT_EQ(model.at("bos_token_id").get<int32_t>(), tokenizer_->bos());
+  EXPECT_EQ(model.at("eos_token_id").get<int32_t>(), tokenizer_->eos());
+  EXPECT_EQ(model.at("add_bos_token").get<bool>(), tokenizer_->add_bos());
   int compared = 0;
-  for (const auto& prompt : fixture["prompts"]) {
-    if (!prompt.contains("text") || !prompt.contains("tokens")) continue;
-    const std::string text = prompt["text"].get<std::string>();
-    const Ids expected = prompt["tokens"].get<Ids>();
-    const bool add_special = prompt.value("add_special", true);
-    const bool parse_special = prompt.value("parse_special", false);
-    EXPECT_EQ(tokenizer_->encode(text, add_special, parse_special), expected) << text;
+  for (const auto& c : fixture.at("cases")) {
+    const std::string name = c.at("name").get<std::string>();
+    const std::string prompt = c.at("prompt").get<std::string>();
+    const Ids expected = c.at("prompt_tokens").get<Ids>();
+    const Ids ids = tokenizer_->encode(prompt, true, c.at("special").get<bool>());
+    EXPECT_EQ(ids, expected) << "case " << name;
+    if (!c.at("special").get<bool>()) {
+      EXPECT_EQ(tokenizer_->decode(ids), prompt) << name;
+    }
     ++compared;
   }
-  EXPECT_GT(compared, 0);
+  EXPECT_GE(compared, 5);
 }
 
 }  // namespace

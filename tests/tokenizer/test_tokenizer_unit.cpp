@@ -101,6 +101,22 @@ TEST(Pretokenizer, DefaultSplitsPunctuationAndNumbers) {
   EXPECT_EQ(split("default", "x 1234"), (Pieces{"x", " ", "123", "4"}));
 }
 
+TEST(Pretokenizer, LongRunsSplitWithoutErrors) {
+  // Long runs exercise backtracking (\s+(?!\S), \s*[\r\n]+) and PCRE2's JIT stack.
+  const std::vector<std::string> texts = {
+      std::string(200000, ' ') + "x", std::string(200000, '\n'), std::string(100000, '7'),
+      std::string(200000, 'a'), std::string(50000, '!') + " \n" + std::string(50000, '\t')};
+  for (const std::string pre : {"default", "gpt-2", "llama-bpe", "qwen2", "smollm"}) {
+    for (const std::string& text : texts) {
+      std::string joined;
+      for (const std::string& piece : split(pre, text)) joined += piece;
+      EXPECT_EQ(joined, text) << pre;
+    }
+  }
+  EXPECT_EQ(split("llama-bpe", std::string(5, ' ') + "x"), (Pieces{"    ", " x"}));
+  EXPECT_EQ(split("llama-bpe", std::string(4, '\n')), (Pieces{"\n\n\n\n"}));
+}
+
 TEST(Pretokenizer, UnknownNameIsAClearError) {
   try {
     pretokenizer_spec("made-up", "model.gguf");
