@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <climits>
 #include <functional>
 #include <unordered_map>
 #include <utility>
@@ -210,6 +211,9 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special,
                                        bool parse_special) const {
   const Impl& impl = *impl_;
   const Vocab& vocab = impl.vocab;
+  if (text.size() > std::size_t(INT32_MAX)) {
+    fail("text to tokenize is too long ({} bytes; at most {})", text.size(), INT32_MAX);
+  }
   const std::size_t bad = unicode::first_invalid(text);
   if (bad != unicode::kValid) {
     fail(
@@ -379,7 +383,9 @@ void Tokenizer::Impl::encode_spm(std::string_view body, bool prefix_space,
   const auto worse = [](const Pair& a, const Pair& b) {
     return a.score != b.score ? a.score < b.score : a.left > b.left;
   };
-  if (text.size() > UINT32_MAX / 2) fail("{}: text too long to tokenize", vocab.name);
+  if (text.size() > std::size_t(INT32_MAX)) {
+    fail("text to tokenize is too long once spaces become \"\u2581\" ({} bytes)", text.size());
+  }
   std::vector<Symbol> symbols;
   std::vector<Pair> queue;
   symbols.reserve(text.size());
