@@ -1,10 +1,153 @@
-// Placeholder until the engine lands: the model work replaces this file.
+// `squat run` (one prompt, streamed continuation) and `squat chat` (interactive loop whose
+// history stays in the KV cache).
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+
 #include "apps/commands.h"
+#include "apps/model_options.h"
 #include "core/error.h"
+#include "model/generate.h"
 
 namespace squat::apps {
-void register_run_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("run", "Generate text with a GGUF model");
-  cmd->callback([] { fail("squat run is not available in this build yet"); });
+
+namespace {
+
+struct RunOptions {
+  ModelOptions model;
+  std::string prompt;
+  std::string prompt_file;
+  int n_predict = 128;
+  SamplerParams sampling;
+  bool chat = false;
+};
+
+void add_sampling_options(CLI::App& cmd, SamplerParams& sampling) {
+  cmd.add_option("--temp", sampling.temperature, "Sampling temperature (0 = greedy)");
+  cmd.add_option("--top-k", sampling.top_k, "Keep the k most likely tokens (0 = all)");
+  cmd.add_option("--top-p", sampling.top_p, "Keep the smallest set reaching this probability");
+  cmd.add_option("--seed", sampling.seed, "Random seed");
 }
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot open prompt file '{}'", path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// Writes one token's bytes as soon as it is sampled.
+void stream_token(const Tokenizer& tokenizer, int32_t token) {
+  const std::string piece = tokenizer.token_to_piece(token);
+  std::fwrite(piece.data(), 1, piece.size(), stdout);
+  std::fflush(stdout);
+}
+
+void print_stats(const GenerationStats& stats, const KvCache& cache) {
+  fmt::print(stderr,
+             "\n\nprompt: {} tokens, {:.1f} tokens/s | decode: {} tokens, {:.1f} tokens/s | "
+             "KV cache: {} tokens, {} bytes\n",
+             stats.prompt_tokens, stats.prompt_tokens_per_second(), stats.generated_tokens,
+             stats.decode_tokens_per_second(), cache.n_tokens(), cache.bytes());
+}
+
+void run(const RunOptions& options) {
+  if (options.prompt.empty() == options.prompt_file.empty()) {
+    fail_usage("give the prompt with exactly one of -p/--prompt or -f/--file");
+  }
+  if (options.n_predict < 0) fail_usage("-n/--n-predict must be >= 0, got {}", options.n_predict);
+  Sampler sampler(options.sampling);
+  LoadedModel loaded = load_model(options.model);
+  std::string text = options.prompt.empty() ? read_text_file(options.prompt_file) : options.prompt;
+  const bool chat = options.chat;
+  if (chat) text = apply_chat_template(loaded.model->file(), {{"user", text}}, true);
+  const std::vector<int32_t> prompt = loaded.tokenizer->encode(text, !chat, chat);
+  if (!chat) std::fwrite(text.data(), 1, text.size(), stdout);
+  const GenerationStats stats = generate(*loaded.context, *loaded.tokenizer, prompt,
+                                         options.n_predict, sampler, [&](int32_t token) {
+                                           stream_token(*loaded.tokenizer, token);
+                                           return true;
+                                         });
+  print_stats(stats, loaded.context->cache());
+}
+
+void chat(const RunOptions& options) {
+  Sampler sampler(options.sampling);
+  LoadedModel loaded = load_model(options.model);
+  std::vector<ChatMessage> messages;
+  std::string cached_text;  // the rendered conversation the cache has seen
+  fmt::print(stderr, "squat chat: type a message and press Enter; an empty line or Ctrl-D ends.\n");
+  std::string line;
+  for (;;) {
+    fmt::print(stderr, "> ");
+    if (!std::getline(std::cin, line) || line.empty()) break;
+    messages.push_back({"user", line});
+    std::string rendered = apply_chat_template(loaded.model->file(), messages, true);
+    std::string fresh;
+    if (rendered.compare(0, cached_text.size(), cached_text) == 0) {
+      fresh = rendered.substr(cached_text.size());
+    } else {  // the template rewrote earlier turns: start the cache over
+      loaded.context->reset();
+      fresh = rendered;
+    }
+    if (loaded.context->n_past() + int(loaded.tokenizer->encode(fresh, false, true).size()) +
+            options.n_predict >
+        loaded.context->max_tokens()) {
+      fmt::print(stderr, "[context full: conversation restarted]\n");
+      messages.assign(1, {"user", line});
+      loaded.context->reset();
+      cached_text.clear();
+      rendered = fresh = apply_chat_template(loaded.model->file(), messages, true);
+    }
+    std::string reply;
+    int32_t last_token = -1;
+    const std::vector<int32_t> turn = loaded.tokenizer->encode(fresh, false, true);
+    const int cached_before = loaded.context->n_past();
+    const GenerationStats stats = generate(*loaded.context, *loaded.tokenizer, turn,
+                                           options.n_predict, sampler, [&](int32_t token) {
+                                             reply += loaded.tokenizer->token_to_piece(token);
+                                             last_token = token;
+                                             stream_token(*loaded.tokenizer, token);
+                                             return true;
+                                           });
+    // generate() does not feed the last token it sampled; feed it so the cache holds the whole
+    // reply and the next turn only adds the template's text after it.
+    const int fed = loaded.context->n_past() - cached_before - int(turn.size());
+    if (stats.generated_tokens > fed && loaded.context->n_past() < loaded.context->max_tokens()) {
+      loaded.context->eval(std::span<const int32_t>(&last_token, 1));
+    }
+    messages.push_back({"assistant", reply});
+    cached_text = rendered + reply;
+    fmt::print(stderr, "\n[{:.1f} tokens/s, cache {} bytes]\n", stats.decode_tokens_per_second(),
+               loaded.context->cache().bytes());
+  }
+}
+
+}  // namespace
+
+void register_run_command(CLI::App& app) {
+  auto options = std::make_shared<RunOptions>();
+  auto* cmd = app.add_subcommand("run", "Generate a continuation of a prompt");
+  add_model_options(*cmd, options->model);
+  cmd->add_option("-p,--prompt", options->prompt, "Prompt text");
+  cmd->add_option("-f,--file", options->prompt_file, "Read the prompt from a file");
+  cmd->add_option("-n,--n-predict", options->n_predict, "Tokens to generate");
+  cmd->add_flag("--chat", options->chat, "Wrap the prompt in the model's chat template");
+  add_sampling_options(*cmd, options->sampling);
+  cmd->callback([options] { run(*options); });
+
+  auto chat_options = std::make_shared<RunOptions>();
+  chat_options->n_predict = 512;
+  auto* chat_cmd = app.add_subcommand("chat", "Interactive chat; history stays in the KV cache");
+  add_model_options(*chat_cmd, chat_options->model);
+  chat_cmd->add_option("-n,--n-predict", chat_options->n_predict, "Most tokens per reply");
+  add_sampling_options(*chat_cmd, chat_options->sampling);
+  chat_cmd->callback([chat_options] { chat(*chat_options); });
+}
+
 }  // namespace squat::apps

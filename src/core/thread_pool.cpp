@@ -12,8 +12,12 @@
 namespace squat {
 
 namespace {
-constexpr int kSpinIterations = 20000;
-}
+// Spinning pays on a quiet machine (jobs are microseconds apart during decode); on a busy one
+// a spinning thread steals the core from the thread it waits for, so spins are short and then
+// yield or sleep.
+constexpr int kSpinIterations = 4000;
+constexpr int kPausesBeforeYield = 256;
+}  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
@@ -34,7 +38,11 @@ void ThreadPool::worker_loop(int index) {
   for (;;) {
     uint64_t current = generation_.load(std::memory_order_acquire);
     for (int spin = 0; current == seen && spin < kSpinIterations; ++spin) {
-      SQUAT_CPU_RELAX();
+      if (spin < kPausesBeforeYield) {
+        SQUAT_CPU_RELAX();
+      } else {
+        std::this_thread::yield();
+      }
       current = generation_.load(std::memory_order_acquire);
     }
     if (current == seen) {
@@ -64,7 +72,13 @@ void ThreadPool::dispatch(const std::function<void(int)>& job) {
   }
   if (sleeping_.load() > 0) wake_.notify_all();
   job(0);
-  while (pending_.load(std::memory_order_acquire) != 0) SQUAT_CPU_RELAX();
+  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+    if (spin < kPausesBeforeYield) {
+      SQUAT_CPU_RELAX();
+    } else {
+      std::this_thread::yield();
+    }
+  }
 }
 
 void ThreadPool::run_on_all(const std::function<void(int)>& body) { dispatch(body); }

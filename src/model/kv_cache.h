@@ -1,0 +1,49 @@
+// The interface between the forward pass and a KV cache. The model hands the cache raw
+// (un-rotated) keys and rotated queries; each cache decides whether it stores keys before or
+// after RoPE and applies the rotation it needs, so quantized caches can keep pre-RoPE keys.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+namespace squat {
+
+class ThreadPool;
+
+// How RoPE rotates one head vector: the angle of pair i at position p is p * inv_freq[i]
+// (any frequency or linear position scaling is folded into inv_freq); `neox` pairs
+// (i, i + d/2), otherwise (2i, 2i + 1).
+struct RopeSpec {
+  std::vector<float> inv_freq;
+  bool neox = false;
+};
+
+struct KvShape {
+  int n_layers = 0;
+  int n_heads = 0;     // query heads
+  int n_kv_heads = 0;  // key/value heads (GQA: n_heads / n_kv_heads query heads share one)
+  int head_dim = 0;
+  int max_tokens = 0;  // context length the cache must hold
+};
+
+class KvCache {
+ public:
+  virtual ~KvCache() = default;
+
+  // Stores n tokens for `layer` at the next n positions. k and v are [n, n_kv_heads, head_dim];
+  // keys are not yet rotated. Every layer receives the same tokens in order, layer 0 first.
+  virtual void append(int layer, const float* k, const float* v, int n) = 0;
+
+  // For query i (at position first_pos + i, already rotated) and every query head, attention
+  // over the cached tokens at positions <= first_pos + i, scaled by 1/sqrt(head_dim).
+  // q and out are [n, n_heads, head_dim].
+  virtual void attend(int layer, const float* q, int n, int first_pos, float* out,
+                      ThreadPool& pool) = 0;
+
+  virtual int n_tokens() const = 0;       // tokens stored (after every layer got them)
+  virtual int capacity() const = 0;       // most tokens it can hold
+  virtual std::size_t bytes() const = 0;  // bytes holding cached data for those tokens
+  virtual void clear() = 0;
+};
+
+}  // namespace squat

@@ -1,0 +1,127 @@
+// The full-precision cache's attention against a direct double-precision computation:
+// rotate every key, softmax over all visible scores, weighted sum of values.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "core/fp16.h"
+#include "core/thread_pool.h"
+#include "model/full_cache.h"
+
+namespace squat {
+namespace {
+
+// RoPE written out from its definition: pair (a, b) rotated by angle pos * inv_freq[i].
+void rotate(std::vector<double>& x, int pos, const std::vector<float>& inv_freq, bool neox) {
+  const std::size_t half = x.size() / 2;
+  for (std::size_t i = 0; i < half; ++i) {
+    const std::size_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+    const double angle = double(pos) * double(inv_freq[i]);
+    const double xa = x[a], xb = x[b];
+    x[a] = xa * std::cos(angle) - xb * std::sin(angle);
+    x[b] = xa * std::sin(angle) + xb * std::cos(angle);
+  }
+}
+
+double round_trip(float value, FullPrecisionCache::Storage storage) {
+  return storage == FullPrecisionCache::Storage::F16 ? double(fp16_to_float(float_to_fp16(value)))
+                                                     : double(value);
+}
+
+struct Case {
+  FullPrecisionCache::Storage storage;
+  bool neox;
+};
+
+class FullCacheAttention : public ::testing::TestWithParam<Case> {};
+
+TEST_P(FullCacheAttention, MatchesDirectSoftmax) {
+  const Case c = GetParam();
+  const KvShape shape{2, 6, 2, 16, 200};
+  const int n_rep = shape.n_heads / shape.n_kv_heads;
+  RopeSpec rope;
+  for (int i = 0; i < shape.head_dim / 2; ++i) {
+    rope.inv_freq.push_back(float(std::pow(10000.0, -2.0 * i / shape.head_dim)));
+  }
+  rope.neox = c.neox;
+  FullPrecisionCache cache(shape, rope, c.storage);
+  ThreadPool pool(3);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+
+  const int d = shape.head_dim, kv = shape.n_kv_heads, hq = shape.n_heads;
+  std::vector<std::vector<float>> all_k, all_v;  // per token [kv * d], un-rotated
+  int pos = 0;
+  // A prefill of 70 tokens (more than one block of 64) and then single tokens.
+  for (int step : {70, 1, 1, 5}) {
+    std::vector<float> k(size_t(step * kv * d)), v(k.size()), q(size_t(step * hq * d));
+    for (float& x : k) x = normal(rng) * 2.0f;
+    for (float& x : v) x = normal(rng);
+    for (float& x : q) x = normal(rng);
+    for (int t = 0; t < step; ++t) {
+      all_k.emplace_back(k.begin() + t * kv * d, k.begin() + (t + 1) * kv * d);
+      all_v.emplace_back(v.begin() + t * kv * d, v.begin() + (t + 1) * kv * d);
+    }
+    for (int layer = 0; layer < shape.n_layers; ++layer) {
+      cache.append(layer, k.data(), v.data(), step);
+      std::vector<float> out(q.size());
+      cache.attend(layer, q.data(), step, pos, out.data(), pool);
+      for (int i = 0; i < step; ++i) {
+        for (int h = 0; h < hq; ++h) {
+          const int g = h / n_rep;
+          const int visible = pos + i + 1;
+          std::vector<double> scores(static_cast<std::size_t>(visible));
+          double max_score = -1e300;
+          for (int t = 0; t < visible; ++t) {
+            std::vector<double> key(static_cast<std::size_t>(d));
+            for (int e = 0; e < d; ++e) key[size_t(e)] = all_k[size_t(t)][size_t(g * d + e)];
+            rotate(key, t, rope.inv_freq, rope.neox);
+            double s = 0;
+            for (int e = 0; e < d; ++e) {
+              s += double(q[size_t((i * hq + h) * d + e)]) *
+                   round_trip(float(key[size_t(e)]), c.storage);
+            }
+            scores[size_t(t)] = s / std::sqrt(double(d));
+            max_score = std::max(max_score, scores[size_t(t)]);
+          }
+          double total = 0;
+          for (double& s : scores) total += (s = std::exp(s - max_score));
+          for (int e = 0; e < d; ++e) {
+            double expected = 0;
+            for (int t = 0; t < visible; ++t) {
+              expected += scores[size_t(t)] / total *
+                          round_trip(all_v[size_t(t)][size_t(g * d + e)], c.storage);
+            }
+            ASSERT_NEAR(out[size_t((i * hq + h) * d + e)], expected, 2e-4)
+                << "layer " << layer << " query " << i << " head " << h << " dim " << e;
+          }
+        }
+      }
+    }
+    pos += step;
+    EXPECT_EQ(cache.n_tokens(), pos);
+  }
+  const std::size_t element = c.storage == FullPrecisionCache::Storage::F16 ? 2 : 4;
+  EXPECT_EQ(cache.bytes(), 2 * element * std::size_t(shape.n_layers * kv * pos * d));
+  cache.clear();
+  EXPECT_EQ(cache.n_tokens(), 0);
+  EXPECT_EQ(cache.bytes(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Storages, FullCacheAttention,
+                         ::testing::Values(Case{FullPrecisionCache::Storage::F16, false},
+                                           Case{FullPrecisionCache::Storage::F32, false},
+                                           Case{FullPrecisionCache::Storage::F32, true}));
+
+TEST(FullCache, RefusesTokensPastItsCapacity) {
+  const KvShape shape{1, 2, 1, 4, 3};
+  FullPrecisionCache cache(shape, RopeSpec{{1.0f, 0.5f}, false}, FullPrecisionCache::Storage::F16);
+  std::vector<float> k(16, 0.5f), v(16, 0.25f);
+  cache.append(0, k.data(), v.data(), 3);
+  EXPECT_THROW(cache.append(0, k.data(), v.data(), 1), std::exception);
+}
+
+}  // namespace
+}  // namespace squat
