@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <iterator>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -232,6 +234,51 @@ TEST(BytePairEncoding, BadInputIsAnError) {
   }
 }
 
+TEST(BytePairEncoding, RandomBytesRoundTripOrFailCleanly) {
+  // Any byte string either is UTF-8 and decodes back exactly, or is refused with an Error.
+  Vocab vocab = small_bpe_vocab();
+  const Tokenizer gpt2 = Tokenizer::from_vocab(vocab);
+  vocab.pre = "llama-bpe";
+  const Tokenizer llama3 = Tokenizer::from_vocab(vocab);
+  std::mt19937 rng(1234);
+  const std::string alphabet[] = {"a",
+                                  "b",
+                                  "c",
+                                  " ",
+                                  "\n",
+                                  "\t",
+                                  "'s",
+                                  "7",
+                                  "!",
+                                  "<|im_end|>",
+                                  "\xc3\xa9",
+                                  "\xe2\x82\xac",
+                                  "\xf0\x9f\xa6\x99",
+                                  "\xff",
+                                  "\x80",
+                                  "\xe2\x82"};
+  int valid = 0, refused = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::string text;
+    const int length = int(rng() % 24);
+    for (int i = 0; i < length; ++i) text += alphabet[rng() % std::size(alphabet)];
+    const bool is_utf8 = unicode::first_invalid(text) == unicode::kValid;
+    for (const Tokenizer* tok : {&gpt2, &llama3}) {
+      if (is_utf8) {
+        const Ids ids = tok->encode(text, false, false);
+        EXPECT_EQ(tok->decode(ids), text);
+        const Ids special = tok->encode(text, true, true);
+        EXPECT_EQ(tok->decode(special, true), text);
+      } else {
+        EXPECT_THROW(tok->encode(text, false, true), Error);
+      }
+    }
+    is_utf8 ? ++valid : ++refused;
+  }
+  EXPECT_GT(valid, 100);
+  EXPECT_GT(refused, 100);
+}
+
 TEST(BytePairEncoding, MalformedVocabulariesAreErrors) {
   Vocab vocab = small_bpe_vocab();
   vocab.pre = "nope";
@@ -347,6 +394,22 @@ TEST(SentencePiece, SpaceAfterSpecialTokens) {
   const Tokenizer no_prefix = Tokenizer::from_vocab(vocab);
   EXPECT_EQ(no_prefix.encode("ab", false, false), (Ids{263}));
   EXPECT_EQ(no_prefix.decode({262}), " a");
+}
+
+TEST(SentencePiece, RandomTextRoundTrips) {
+  const Tokenizer tok = Tokenizer::from_vocab(small_spm_vocab());
+  std::mt19937 rng(99);
+  const std::string alphabet[] = {"a", "b", "c", " ", "  ", "\n", "\xc3\xa9", "\xf0\x9f\xa6\x99",
+                                  "x"};
+  for (int trial = 0; trial < 1000; ++trial) {
+    std::string text;
+    const int length = int(rng() % 20);
+    for (int i = 0; i < length; ++i) text += alphabet[rng() % std::size(alphabet)];
+    const Ids ids = tok.encode(text, true, false);
+    ASSERT_FALSE(ids.empty());
+    EXPECT_EQ(ids.front(), 1);
+    EXPECT_EQ(tok.decode(ids), text);
+  }
 }
 
 TEST(SentencePiece, MissingByteTokenFallsBackToUnknown) {
