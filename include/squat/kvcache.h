@@ -1,0 +1,182 @@
+// The quantized KV cache: configuration, per-layer store with the residual window and flush
+// rules of docs/SQUAT.md §1, SQuat per-prompt state, exact byte accounting, and attention over
+// the store (online softmax, dequantizing block by block, RoPE for pre-RoPE keys, GQA).
+//
+// Typical use by a model, per layer and sequence (positions are implicit: the i-th token ever
+// appended to a LayerCache has position i):
+//   prefill of L tokens:  layer.set_queries(q, L, n_heads);   // SQuat only, before append
+//                         layer.append(k, v, L);               // pre-RoPE keys by default
+//                         layer.attend(q, L, n_heads, pos, out) // or dense attention on k, v
+//   decode:               layer.append(k, v, 1); layer.attend(q, 1, n_heads, &pos, out);
+// Not thread-safe for concurrent append; attend/attend_head are const and may run concurrently
+// (e.g. one KV head per thread) once appends are done.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "squat/kv_quant.h"
+
+namespace squat::kv {
+
+enum class CacheMethod { F32, F16, Int8, Int4, Kivi, Squat };
+enum class KeyRope { Pre, Post };        // keys stored before RoPE (rotated in attention) or after
+enum class QueryRope { After, Before };  // which queries the engine passes to set_queries
+enum class RopeLayout { Normal, Neox };  // rotated pairs: (2i, 2i+1) or (i, i + d/2)
+
+const char* to_string(CacheMethod m);
+// Parses "f32|f16|int8|int4|kivi|squat"; fail_usage otherwise.
+CacheMethod parse_method(const std::string& s);
+
+struct CacheConfig {
+  CacheMethod method = CacheMethod::Squat;
+  int k_bits = 2;  // Kivi/Squat: 2, 4 or 8 (Int8/Int4 imply 8/4)
+  int v_bits = 2;
+  int group_size = 32;        // tokens per per-channel key group; channels per value group
+  int residual_length = 32;   // full-precision recent tokens (multiple of group_size)
+  int quant_group_size = 64;  // SQuat block size g (divides head_dim)
+  int subspace_dim = 20;      // r
+  double lambda = 0.001;      // λ
+  GroupLayout key_quant = GroupLayout::PerChannel;
+  KeyRope key_rope = KeyRope::Pre;
+  QueryRope query_rope = QueryRope::After;
+  bool power_method = false;  // block power iteration instead of the thin SVD
+  int power_iterations = 12;
+  bool shared_subspace = false;  // engine-level: reuse the first sequence's states (info only)
+  bool hadamard = false;         // rotate values by a normalized Walsh-Hadamard matrix
+  ParamType param_type = ParamType::F16;  // storage of scale and min
+  bool residual_f16 = true;               // full-precision window (and F16 method) stored as fp16
+
+  bool quantized() const { return method != CacheMethod::F32 && method != CacheMethod::F16; }
+  // Bits actually used for keys / values by the method.
+  int key_bits() const;
+  int value_bits() const;
+  // Tokens kept in full precision (0 for f32/f16/int8/int4 which store every token at once).
+  int window() const;
+  // Refuses impossible combinations (fail_usage with a message naming the field).
+  void validate(int head_dim) const;
+  std::string describe() const;
+};
+
+// RoPE description: inv_freq has head_dim/2 entries; token at position p rotates pair i by
+// angle float(p) * inv_freq[i] (computed in float, cos/sin in float).
+struct RopeSpec {
+  std::vector<float> inv_freq;
+  RopeLayout layout = RopeLayout::Normal;
+};
+
+// Rotates one head vector in place (the convention used for pre-RoPE keys).
+void rope_rotate(float* x, int head_dim, int position, const float* inv_freq, RopeLayout layout);
+
+// cos/sin per position, grown on demand; shared by all layers of a cache.
+class RopeTable {
+ public:
+  explicit RopeTable(RopeSpec spec);
+  void ensure(std::size_t n_positions);
+  std::size_t size() const { return n_; }
+  int half() const { return half_; }
+  RopeLayout layout() const { return spec_.layout; }
+  const RopeSpec& spec() const { return spec_; }
+  const float* cos_row(std::size_t pos) const { return cos_.data() + pos * std::size_t(half_); }
+  const float* sin_row(std::size_t pos) const { return sin_.data() + pos * std::size_t(half_); }
+  void rotate(float* x, std::size_t pos) const;  // same result as rope_rotate
+
+ private:
+  RopeSpec spec_;
+  int half_ = 0;
+  std::size_t n_ = 0;
+  std::vector<float> cos_, sin_;
+};
+
+// In-place normalized Walsh-Hadamard transform (n a power of two); its own inverse.
+void hadamard_transform(float* x, int n);
+
+// Full-precision causal attention over dense arrays (reference for the engine's plain
+// prefill): q [n_q, n_heads, d] at q_pos, keys/values [n_k, n_kv_heads, d] (keys already
+// rotated) at positions 0..n_k-1; out [n_q, n_heads, d]. Scale 1/sqrt(d).
+void attention_dense(const float* q, std::size_t n_q, int n_heads, const int* q_pos, const float* k,
+                     const float* v, std::size_t n_k, int n_kv_heads, int d, float* out);
+
+class LayerCache {
+ public:
+  // `rope` is needed (non-null, head_dim/2 frequencies) when keys are stored pre-RoPE.
+  LayerCache(const CacheConfig& config, int n_kv_heads, int head_dim,
+             std::shared_ptr<RopeTable> rope = nullptr);
+  ~LayerCache();
+  LayerCache(LayerCache&&) noexcept;
+  LayerCache& operator=(LayerCache&&) noexcept;
+
+  const CacheConfig& config() const;
+  int n_kv_heads() const;
+  int head_dim() const;
+
+  // SQuat: builds the per-prompt state of every KV head from the prompt's queries
+  // q [n_q, n_heads, d] (query heads h with h / n_rep == kv_head are stacked as rows).
+  // Call before appending the prompt's keys. Calling again replaces the states for later
+  // flushes. No-op for other methods.
+  void set_queries(const float* q, std::size_t n_q, int n_heads);
+  // Uses given states (one per KV head), e.g. loaded from a file.
+  void set_states(std::vector<SquatState> states);
+  const std::vector<SquatState>& states() const;
+  bool has_states() const;
+
+  // Appends n tokens: k and v are [n, n_kv_heads, d] (keys pre- or post-RoPE per config).
+  // Applies the flush rules; a SQuat flush without states fails (squat::fail).
+  void append(const float* k, const float* v, std::size_t n);
+
+  // Attention of q [n_q, n_heads, d] (RoPE-rotated, at positions q_pos) over everything
+  // stored, causal (a query at p sees keys at positions <= p); out [n_q, n_heads, d].
+  // Queries that see no key get zeros.
+  void attend(const float* q, std::size_t n_q, int n_heads, const int* q_pos, float* out) const;
+  // Only the query heads of one KV head (the rest of out is untouched).
+  void attend_head(int kv_head, const float* q, std::size_t n_q, int n_heads, const int* q_pos,
+                   float* out) const;
+  // Scalar double-precision reference of attend (dequantizes the whole head first).
+  void attend_reference(const float* q, std::size_t n_q, int n_heads, const int* q_pos,
+                        float* out) const;
+
+  std::size_t tokens() const;
+  std::size_t quantized_keys() const;    // tokens whose keys are quantized
+  std::size_t quantized_values() const;  // tokens whose values are quantized
+  // Bytes of stored cache data (codes, scales/mins, full-precision windows) over all heads.
+  std::size_t key_bytes() const;
+  std::size_t value_bytes() const;
+  std::size_t bytes() const { return key_bytes() + value_bytes(); }
+  // bytes()*8 / (tokens * n_kv_heads * d * 2); 0 when empty.
+  double bits_per_element() const;
+  // Stored contents of one KV head as floats [tokens, d]: keys as stored (pre-RoPE keys not
+  // rotated), values in the original basis (Hadamard undone). Scalar path.
+  void dequantize(int kv_head, float* keys, float* values) const;
+  void clear();  // drops tokens, keeps states
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// All layers of one sequence.
+class KvCache {
+ public:
+  KvCache(const CacheConfig& config, int n_layers, int n_kv_heads, int head_dim,
+          RopeSpec rope = {});
+  LayerCache& layer(int i) { return layers_.at(std::size_t(i)); }
+  const LayerCache& layer(int i) const { return layers_.at(std::size_t(i)); }
+  int n_layers() const { return int(layers_.size()); }
+  std::size_t tokens() const { return layers_.empty() ? 0 : layers_[0].tokens(); }
+  std::size_t bytes() const;
+  double bits_per_element() const;
+  void clear();
+  // SQuat states of all layers (layer-major, then KV head) to / from a file.
+  void save_states(const std::string& path) const;
+  void load_states(const std::string& path);
+
+ private:
+  CacheConfig config_;
+  std::shared_ptr<RopeTable> rope_;
+  std::vector<LayerCache> layers_;
+};
+
+}  // namespace squat::kv

@@ -1,0 +1,309 @@
+// SQuat: query subspace, metric, Schur-complement chain and the block-sequential key quantizer
+// (docs/SQUAT.md §2). The per-prompt algebra runs in double (Eigen); the per-chunk quantizer
+// runs in float with the precomputed W_i = (P[F:, :F] H_i)ᵀ.
+#include <Eigen/Dense>
+#include <Eigen/SVD>
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <random>
+
+#include "core/error.h"
+#include "kvcache/internal.h"
+#include "squat/kv_quant.h"
+
+namespace squat::kv {
+namespace {
+
+using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+}  // namespace
+
+std::vector<double> query_subspace(const float* q, std::size_t rows, int d, int r,
+                                   bool power_method, int power_iterations, int* r_out) {
+  const int rr = int(std::min<std::size_t>({std::size_t(std::max(r, 0)), rows, std::size_t(d)}));
+  if (r_out) *r_out = rr;
+  if (rr == 0) return {};
+  MatD Q(Eigen::Index(rows), d);
+  for (std::size_t i = 0; i < rows; ++i)
+    for (int c = 0; c < d; ++c)
+      Q(Eigen::Index(i), c) = double(q[i * std::size_t(d) + std::size_t(c)]);
+  Eigen::MatrixXd V;  // d x rr, right singular vectors
+  Eigen::VectorXd S;  // rr singular values
+  if (!power_method) {
+    Eigen::BDCSVD<Eigen::MatrixXd> svd(Q, Eigen::ComputeThinV);
+    V = svd.matrixV().leftCols(rr);
+    S = svd.singularValues().head(rr);
+  } else {
+    // Block power iteration on QᵀQ, then Rayleigh-Ritz on the found subspace.
+    const Eigen::MatrixXd G = Q.transpose() * Q;
+    std::mt19937_64 rng(12345);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    Eigen::MatrixXd X(d, rr);
+    for (int i = 0; i < d; ++i)
+      for (int j = 0; j < rr; ++j) X(i, j) = normal(rng);
+    for (int it = 0; it < std::max(power_iterations, 1); ++it) {
+      Eigen::HouseholderQR<Eigen::MatrixXd> qr(G * X);
+      X = qr.householderQ() * Eigen::MatrixXd::Identity(d, rr);
+    }
+    const Eigen::MatrixXd B = X.transpose() * G * X;
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(B);
+    // Eigenvalues ascending: reverse to descending.
+    V.resize(d, rr);
+    S.resize(rr);
+    for (int j = 0; j < rr; ++j) {
+      const int src = rr - 1 - j;
+      V.col(j) = X * eig.eigenvectors().col(src);
+      S(j) = std::sqrt(std::max(eig.eigenvalues()(src), 0.0));
+    }
+  }
+  std::vector<double> out(std::size_t(rr) * std::size_t(d));
+  for (int j = 0; j < rr; ++j)
+    for (int c = 0; c < d; ++c)
+      out[std::size_t(j) * std::size_t(d) + std::size_t(c)] = S(j) * V(c, j);
+  return out;
+}
+
+SquatState SquatState::identity(int d, int g) {
+  if (d <= 0 || g <= 0 || d % g != 0) {
+    fail_usage("SQuat block size (quant_group_size) {} must divide head_dim {}", g, d);
+  }
+  SquatState s;
+  s.d_ = d;
+  s.g_ = g;
+  s.identity_ = true;
+  return s;
+}
+
+SquatState SquatState::from_metric(const std::vector<double>& a, int d, int g) {
+  SquatState s = identity(d, g);
+  s.identity_ = false;
+  const int T = d / g;
+  Eigen::Map<const MatD> A(a.data(), d, d);
+  const MatD P = A.llt().solve(Eigen::MatrixXd::Identity(d, d));
+  s.p_.assign(P.data(), P.data() + std::size_t(d) * std::size_t(d));
+  s.h_.resize(std::size_t(std::max(T - 1, 0)));
+  MatD At = A;  // A_T
+  for (int t = T - 1; t >= 1; --t) {
+    const int c = t * g;
+    const MatD M = At.topLeftCorner(c, c);
+    const MatD N = At.block(c, 0, g, c);
+    const MatD O = At.block(c, c, g, g) + 1e-7 * Eigen::MatrixXd::Identity(g, g);
+    const MatD X = O.partialPivLu().solve(N);  // (O + 1e-7 I)⁻¹ N
+    const MatD next = M - N.transpose() * X;   // A_t
+    At = next;
+    const MatD H = At.rightCols(g);
+    s.h_[std::size_t(t - 1)].assign(H.data(), H.data() + std::size_t(c) * std::size_t(g));
+  }
+  s.derive_w();
+  return s;
+}
+
+void SquatState::derive_w() {
+  w_.clear();
+  if (identity_) return;
+  const int T = d_ / g_;
+  Eigen::Map<const MatD> P(p_.data(), d_, d_);
+  for (int i = 1; i < T; ++i) {
+    const int F = i * g_;
+    Eigen::Map<const MatD> H(h_[std::size_t(i - 1)].data(), F, g_);
+    const MatD W = (P.bottomLeftCorner(d_ - F, F) * H).transpose();  // g x (d-F)
+    std::vector<float> w(std::size_t(g_) * std::size_t(d_ - F));
+    for (std::size_t k = 0; k < w.size(); ++k) w[k] = float(W.data()[k]);
+    w_.push_back(std::move(w));
+  }
+}
+
+SquatState SquatState::from_queries(const float* q, std::size_t rows, int d,
+                                    const SubspaceOptions& opt) {
+  if (opt.lambda < 0 || !std::isfinite(opt.lambda)) {
+    fail_usage("lambda must be finite and >= 0, got {}", opt.lambda);
+  }
+  if (opt.subspace_dim < 0) fail_usage("subspace dimension must be >= 0, got {}", opt.subspace_dim);
+  if (opt.lambda == 0.0 || opt.subspace_dim == 0 || rows == 0) {
+    return identity(d, opt.quant_group_size);
+  }
+  identity(d, opt.quant_group_size);  // validates d and g
+  int r = 0;
+  const std::vector<double> qh =
+      query_subspace(q, rows, d, opt.subspace_dim, opt.power_method, opt.power_iterations, &r);
+  Eigen::Map<const MatD> Qh(qh.data(), r, d);
+  MatD A = MatD::Identity(d, d) + opt.lambda * (Qh.transpose() * Qh);
+  if (!A.allFinite()) fail("SQuat metric is not finite (queries contain NaN/Inf or overflow)");
+  std::vector<double> a(A.data(), A.data() + std::size_t(d) * std::size_t(d));
+  return from_metric(a, d, opt.quant_group_size);
+}
+
+bool SquatState::operator==(const SquatState& o) const {
+  return d_ == o.d_ && g_ == o.g_ && identity_ == o.identity_ && h_ == o.h_ && p_ == o.p_;
+}
+
+QuantizedChunk squat_quantize_chunk(const float* keys, std::size_t n, std::size_t d, int bits,
+                                    int group_size, GroupLayout layout, ParamType p,
+                                    const SquatState& state) {
+  check_chunk_params(n, d, bits, group_size, layout);
+  if (state.empty() || std::size_t(state.head_dim()) != d) {
+    fail_usage("SQuat state is for head_dim {}, keys have {}", state.head_dim(), d);
+  }
+  const std::size_t g = std::size_t(state.block_size());
+  if (layout == GroupLayout::PerToken && g % std::size_t(group_size) != 0) {
+    fail_usage("per-token SQuat needs quant_group_size {} divisible by group size {}", g,
+               group_size);
+  }
+  QuantizedChunk q;
+  detail::init_chunk(q, n, d, bits, group_size, layout, p);
+  if (state.is_identity()) {
+    detail::quantize_columns(keys, d, 0, d, q, nullptr, 0);
+    return q;
+  }
+  const std::size_t T = d / g;
+  MatF target = Eigen::Map<const MatF>(keys, Eigen::Index(n), Eigen::Index(d));
+  MatF E(static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(g));
+  for (std::size_t i = 1; i <= T; ++i) {
+    const std::size_t c0 = (i - 1) * g;
+    // Quantize block i of the current target; E receives K̂[:, block i].
+    detail::quantize_columns(target.data(), d, c0, c0 + g, q, E.data(), g);
+    if (i == T) break;
+    E -= target.middleCols(Eigen::Index(c0), Eigen::Index(g));
+    const std::size_t F = i * g;
+    Eigen::Map<const MatF> W(state.w(int(i)).data(), Eigen::Index(g), Eigen::Index(d - F));
+    target.rightCols(Eigen::Index(d - F)).noalias() += E * W;
+  }
+  return q;
+}
+
+// ---- State files --------------------------------------------------------------------------
+
+namespace {
+
+constexpr char kMagic[8] = {'S', 'Q', 'U', 'A', 'T', 'S', 'T', '\0'};
+constexpr uint32_t kVersion = 1;
+
+uint64_t fnv1a(const uint8_t* p, std::size_t n) {
+  uint64_t h = 1469598103934665603ull;
+  for (std::size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+template <typename T>
+void put(std::vector<uint8_t>& out, T v) {
+  const std::size_t at = out.size();
+  out.resize(at + sizeof(T));
+  std::memcpy(out.data() + at, &v, sizeof(T));
+}
+
+struct Reader {
+  const std::vector<uint8_t>& bytes;
+  std::size_t pos;
+  std::size_t end;
+  const std::string& name;
+  template <typename T>
+  T get(const char* what) {
+    if (end - pos < sizeof(T)) fail("SQuat state file {}: truncated while reading {}", name, what);
+    T v;
+    std::memcpy(&v, bytes.data() + pos, sizeof(T));
+    pos += sizeof(T);
+    return v;
+  }
+};
+
+}  // namespace
+
+std::vector<uint8_t> SquatStateFile::serialize(const std::vector<SquatState>& states) {
+  std::vector<uint8_t> out(8);
+  std::memcpy(out.data(), kMagic, 8);
+  put<uint32_t>(out, kVersion);
+  put<uint32_t>(out, uint32_t(states.size()));
+  for (const SquatState& s : states) {
+    put<uint32_t>(out, uint32_t(s.d_));
+    put<uint32_t>(out, uint32_t(s.g_));
+    put<uint8_t>(out, s.identity_ ? 1 : 0);
+    if (s.identity_) continue;
+    for (double v : s.p_) put<double>(out, v);
+    for (const auto& h : s.h_)
+      for (double v : h) put<double>(out, v);
+  }
+  put<uint64_t>(out, fnv1a(out.data(), out.size()));
+  return out;
+}
+
+std::vector<SquatState> SquatStateFile::deserialize(const std::vector<uint8_t>& bytes,
+                                                    const std::string& name) {
+  if (bytes.size() < 8 + 4 + 4 + 8 || std::memcmp(bytes.data(), kMagic, 8) != 0) {
+    fail("{} is not a SQuat state file (bad magic or too short)", name);
+  }
+  const std::size_t body = bytes.size() - 8;
+  uint64_t stored;
+  std::memcpy(&stored, bytes.data() + body, 8);
+  Reader r{bytes, 8, body, name};
+  const uint32_t version = r.get<uint32_t>("version");
+  if (version != kVersion) {
+    fail("SQuat state file {}: version {} is not supported (expected {})", name, version, kVersion);
+  }
+  if (fnv1a(bytes.data(), body) != stored) {
+    fail("SQuat state file {}: checksum mismatch (file is corrupt)", name);
+  }
+  const uint32_t count = r.get<uint32_t>("count");
+  std::vector<SquatState> states;
+  for (uint32_t k = 0; k < count; ++k) {
+    const uint32_t d = r.get<uint32_t>("head_dim");
+    const uint32_t g = r.get<uint32_t>("block size");
+    const uint8_t ident = r.get<uint8_t>("identity flag");
+    if (d == 0 || d > 4096 || g == 0 || d % g != 0 || ident > 1) {
+      fail("SQuat state file {}: state {} has invalid head_dim {} / block size {}", name, k, d, g);
+    }
+    SquatState s = SquatState::identity(int(d), int(g));
+    if (!ident) {
+      s.identity_ = false;
+      const std::size_t dd = std::size_t(d) * d;
+      if ((r.end - r.pos) / 8 < dd) fail("SQuat state file {}: truncated P of state {}", name, k);
+      s.p_.resize(dd);
+      for (auto& v : s.p_) v = r.get<double>("P");
+      const uint32_t T = d / g;
+      for (uint32_t t = 1; t < T; ++t) {
+        std::vector<double> h(std::size_t(t) * g * g);
+        for (auto& v : h) v = r.get<double>("H");
+        s.h_.push_back(std::move(h));
+      }
+      for (double v : s.p_)
+        if (!std::isfinite(v)) fail("SQuat state file {}: non-finite value in state {}", name, k);
+      for (const auto& h : s.h_)
+        for (double v : h)
+          if (!std::isfinite(v)) fail("SQuat state file {}: non-finite value in state {}", name, k);
+      s.derive_w();
+    }
+    states.push_back(std::move(s));
+  }
+  if (r.pos != r.end) fail("SQuat state file {}: {} trailing bytes", name, r.end - r.pos);
+  return states;
+}
+
+void SquatStateFile::save(const std::string& path, const std::vector<SquatState>& states) {
+  const std::vector<uint8_t> bytes = serialize(states);
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) fail("cannot write SQuat state file {}", path);
+    f.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+    if (!f) fail("cannot write SQuat state file {}", path);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    fail("cannot write SQuat state file {}", path);
+  }
+}
+
+std::vector<SquatState> SquatStateFile::load(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail("cannot open SQuat state file {}", path);
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  return deserialize(bytes, path);
+}
+
+}  // namespace squat::kv

@@ -1,0 +1,657 @@
+// The cache store (residual window and flush rules of docs/SQUAT.md §1, byte accounting) and
+// attention over it (block-by-block dequantization, online softmax, RoPE for pre-RoPE keys).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+#include "kvcache/internal.h"
+#include "squat/kvcache.h"
+
+namespace squat::kv {
+
+// ---- Configuration -------------------------------------------------------------------------
+
+const char* to_string(CacheMethod m) {
+  switch (m) {
+    case CacheMethod::F32:
+      return "f32";
+    case CacheMethod::F16:
+      return "f16";
+    case CacheMethod::Int8:
+      return "int8";
+    case CacheMethod::Int4:
+      return "int4";
+    case CacheMethod::Kivi:
+      return "kivi";
+    case CacheMethod::Squat:
+      return "squat";
+  }
+  return "?";
+}
+
+CacheMethod parse_method(const std::string& s) {
+  for (CacheMethod m : {CacheMethod::F32, CacheMethod::F16, CacheMethod::Int8, CacheMethod::Int4,
+                        CacheMethod::Kivi, CacheMethod::Squat}) {
+    if (s == to_string(m)) return m;
+  }
+  fail_usage("unknown KV cache method '{}' (expected f32, f16, int8, int4, kivi or squat)", s);
+}
+
+int CacheConfig::key_bits() const {
+  switch (method) {
+    case CacheMethod::F32:
+      return 32;
+    case CacheMethod::F16:
+      return 16;
+    case CacheMethod::Int8:
+      return 8;
+    case CacheMethod::Int4:
+      return 4;
+    default:
+      return k_bits;
+  }
+}
+int CacheConfig::value_bits() const {
+  switch (method) {
+    case CacheMethod::F32:
+      return 32;
+    case CacheMethod::F16:
+      return 16;
+    case CacheMethod::Int8:
+      return 8;
+    case CacheMethod::Int4:
+      return 4;
+    default:
+      return v_bits;
+  }
+}
+int CacheConfig::window() const {
+  return (method == CacheMethod::Kivi || method == CacheMethod::Squat) ? residual_length : 0;
+}
+
+void CacheConfig::validate(int head_dim) const {
+  if (head_dim <= 0) fail_usage("head_dim must be positive, got {}", head_dim);
+  if (key_rope == KeyRope::Pre && head_dim % 2 != 0) {
+    fail_usage("pre-RoPE keys need an even head_dim, got {}", head_dim);
+  }
+  if (hadamard && (head_dim & (head_dim - 1)) != 0) {
+    fail_usage("the Hadamard rotation of values needs head_dim a power of two, got {}", head_dim);
+  }
+  if (!quantized()) return;
+  if (group_size <= 0) fail_usage("group_size must be positive, got {}", group_size);
+  if (head_dim % group_size != 0) {
+    fail_usage(
+        "group_size {} must divide head_dim {} (values are quantized in groups of "
+        "group_size channels)",
+        group_size, head_dim);
+  }
+  if (method == CacheMethod::Int8 || method == CacheMethod::Int4) return;
+  for (auto [name, b] : {std::pair<const char*, int>{"k_bits", k_bits}, {"v_bits", v_bits}}) {
+    if (b != 2 && b != 4 && b != 8) fail_usage("{} must be 2, 4 or 8, got {}", name, b);
+  }
+  if (residual_length <= 0 || residual_length % group_size != 0) {
+    fail_usage("residual_length {} must be a positive multiple of group_size {}", residual_length,
+               group_size);
+  }
+  if (method != CacheMethod::Squat) return;
+  if (quant_group_size <= 0 || head_dim % quant_group_size != 0) {
+    fail_usage("quant_group_size {} must divide head_dim {}", quant_group_size, head_dim);
+  }
+  if (key_quant == GroupLayout::PerToken && quant_group_size % group_size != 0) {
+    fail_usage("per-token SQuat keys need quant_group_size {} to be a multiple of group_size {}",
+               quant_group_size, group_size);
+  }
+  if (subspace_dim < 0) fail_usage("subspace_dim must be >= 0, got {}", subspace_dim);
+  if (!(lambda >= 0) || !std::isfinite(lambda)) {
+    fail_usage("lambda must be finite and >= 0, got {}", lambda);
+  }
+  if (power_method && power_iterations < 1) {
+    fail_usage("power_iterations must be >= 1, got {}", power_iterations);
+  }
+}
+
+std::string CacheConfig::describe() const {
+  std::string s = to_string(method);
+  if (method == CacheMethod::Kivi || method == CacheMethod::Squat) {
+    s += fmt::format(" k{}v{} G={} R={} keys={} {}-RoPE", k_bits, v_bits, group_size,
+                     residual_length,
+                     key_quant == GroupLayout::PerChannel ? "per-channel" : "per-token",
+                     key_rope == KeyRope::Pre ? "pre" : "post");
+  }
+  if (method == CacheMethod::Squat) {
+    s += fmt::format(" g={} r={} lambda={}{}", quant_group_size, subspace_dim, lambda,
+                     power_method ? " power" : "");
+  }
+  if (method == CacheMethod::Int8 || method == CacheMethod::Int4) {
+    s += fmt::format(" G={}", group_size);
+  }
+  if (hadamard) s += " hadamard-V";
+  return s;
+}
+
+// ---- Store ---------------------------------------------------------------------------------
+
+namespace {
+
+struct QuantPart {
+  std::vector<uint8_t> codes;
+  detail::FloatStore scale, min;
+  explicit QuantPart(bool f16) : scale(f16), min(f16) {}
+  std::size_t bytes() const { return codes.size() + scale.bytes() + min.bytes(); }
+  void append(const QuantizedChunk& q) {
+    codes.insert(codes.end(), q.codes.begin(), q.codes.end());
+    scale.push(q.scale.data(), q.scale.size());
+    min.push(q.min.data(), q.min.size());
+  }
+  void clear() {
+    codes.clear();
+    scale.clear();
+    min.clear();
+  }
+};
+
+struct HeadStore {
+  QuantPart kq, vq;
+  detail::FloatStore kres, vres;  // full-precision rows [rows, d]
+  HeadStore(bool param16, bool res16) : kq(param16), vq(param16), kres(res16), vres(res16) {}
+};
+
+}  // namespace
+
+struct LayerCache::Impl {
+  CacheConfig cfg;
+  int n_kv = 0, d = 0;
+  std::shared_ptr<RopeTable> rope;
+  std::vector<HeadStore> heads;
+  std::vector<SquatState> states;
+  std::size_t n = 0, n_kq = 0, n_vq = 0;
+  int kbits = 0, vbits = 0, G = 0, R = 0;
+  GroupLayout key_layout = GroupLayout::PerToken;
+  bool kivi_like = false, int_method = false;
+
+  std::size_t D() const { return std::size_t(d); }
+  std::size_t gb(int bits) const { return packed_bytes(std::size_t(G), bits); }
+
+  void flush_keys(int h, std::size_t rows_to_flush);
+  void flush_values(int h, std::size_t rows_to_flush);
+  // Token-major floats of tokens [t0, t0+nb) (keys as stored; values in the stored basis).
+  void load_keys(int h, std::size_t t0, std::size_t nb, float* out, float* scratch) const;
+  void load_values(int h, std::size_t t0, std::size_t nb, float* out) const;
+  void load_rows(const QuantPart& part, int bits, std::size_t row, std::size_t nb,
+                 float* out) const;
+};
+
+LayerCache::LayerCache(const CacheConfig& config, int n_kv_heads, int head_dim,
+                       std::shared_ptr<RopeTable> rope)
+    : impl_(std::make_unique<Impl>()) {
+  config.validate(head_dim);
+  if (n_kv_heads <= 0) fail_usage("n_kv_heads must be positive, got {}", n_kv_heads);
+  Impl& m = *impl_;
+  m.cfg = config;
+  m.n_kv = n_kv_heads;
+  m.d = head_dim;
+  m.rope = std::move(rope);
+  if (config.key_rope == KeyRope::Pre) {
+    if (!m.rope || m.rope->half() * 2 != head_dim) {
+      fail_usage("pre-RoPE keys need a RoPE description with head_dim/2 = {} frequencies",
+                 head_dim / 2);
+    }
+  }
+  m.kivi_like = config.method == CacheMethod::Kivi || config.method == CacheMethod::Squat;
+  m.int_method = config.method == CacheMethod::Int8 || config.method == CacheMethod::Int4;
+  m.kbits = config.key_bits();
+  m.vbits = config.value_bits();
+  m.G = config.group_size;
+  m.R = config.window();
+  m.key_layout = m.kivi_like ? config.key_quant : GroupLayout::PerToken;
+  const bool res16 = config.method == CacheMethod::F16 ||
+                     (config.method != CacheMethod::F32 && config.residual_f16);
+  for (int h = 0; h < n_kv_heads; ++h) {
+    m.heads.emplace_back(config.param_type == ParamType::F16, res16);
+  }
+}
+
+LayerCache::~LayerCache() = default;
+LayerCache::LayerCache(LayerCache&&) noexcept = default;
+LayerCache& LayerCache::operator=(LayerCache&&) noexcept = default;
+
+const CacheConfig& LayerCache::config() const { return impl_->cfg; }
+int LayerCache::n_kv_heads() const { return impl_->n_kv; }
+int LayerCache::head_dim() const { return impl_->d; }
+std::size_t LayerCache::tokens() const { return impl_->n; }
+std::size_t LayerCache::quantized_keys() const { return impl_->n_kq; }
+std::size_t LayerCache::quantized_values() const { return impl_->n_vq; }
+const std::vector<SquatState>& LayerCache::states() const { return impl_->states; }
+bool LayerCache::has_states() const { return !impl_->states.empty(); }
+
+void LayerCache::set_queries(const float* q, std::size_t n_q, int n_heads) {
+  Impl& m = *impl_;
+  if (m.cfg.method != CacheMethod::Squat) return;
+  if (n_heads % m.n_kv != 0) {
+    fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, m.n_kv);
+  }
+  const int n_rep = n_heads / m.n_kv;
+  SubspaceOptions opt;
+  opt.subspace_dim = m.cfg.subspace_dim;
+  opt.lambda = m.cfg.lambda;
+  opt.quant_group_size = m.cfg.quant_group_size;
+  opt.power_method = m.cfg.power_method;
+  opt.power_iterations = m.cfg.power_iterations;
+  std::vector<SquatState> states;
+  std::vector<float> rows(n_q * std::size_t(n_rep) * m.D());
+  for (int h = 0; h < m.n_kv; ++h) {
+    // Rows ordered (query head, token) like stacking the n_rep heads' [L, d] matrices.
+    for (int r = 0; r < n_rep; ++r) {
+      for (std::size_t i = 0; i < n_q; ++i) {
+        const float* src = q + (i * std::size_t(n_heads) + std::size_t(h * n_rep + r)) * m.D();
+        std::copy(src, src + m.D(), rows.data() + (std::size_t(r) * n_q + i) * m.D());
+      }
+    }
+    states.push_back(SquatState::from_queries(rows.data(), rows.size() / m.D(), m.d, opt));
+  }
+  m.states = std::move(states);
+}
+
+void LayerCache::set_states(std::vector<SquatState> states) {
+  Impl& m = *impl_;
+  if (states.size() != std::size_t(m.n_kv)) {
+    fail_usage("expected {} SQuat states (one per KV head), got {}", m.n_kv, states.size());
+  }
+  for (const SquatState& s : states) {
+    if (s.head_dim() != m.d || s.block_size() != m.cfg.quant_group_size) {
+      fail_usage("SQuat state for head_dim {} / block {} does not match the cache ({} / {})",
+                 s.head_dim(), s.block_size(), m.d, m.cfg.quant_group_size);
+    }
+  }
+  m.states = std::move(states);
+}
+
+void LayerCache::Impl::flush_keys(int h, std::size_t rows) {
+  HeadStore& hs = heads[std::size_t(h)];
+  std::vector<float> buf(rows * D());
+  hs.kres.get(0, rows * D(), buf.data());
+  QuantizedChunk q;
+  if (cfg.method == CacheMethod::Squat) {
+    if (states.empty()) {
+      fail(
+          "SQuat cache: no query subspace for this layer (call set_queries or set_states "
+          "before keys are flushed)");
+    }
+    q = squat_quantize_chunk(buf.data(), rows, D(), kbits, G, key_layout, cfg.param_type,
+                             states[std::size_t(h)]);
+  } else {
+    q = quantize_chunk(buf.data(), rows, D(), kbits, G, key_layout, cfg.param_type);
+  }
+  hs.kq.append(q);
+  hs.kres.erase_front(rows * D());
+}
+
+void LayerCache::Impl::flush_values(int h, std::size_t rows) {
+  HeadStore& hs = heads[std::size_t(h)];
+  std::vector<float> buf(rows * D());
+  hs.vres.get(0, rows * D(), buf.data());
+  hs.vq.append(
+      quantize_chunk(buf.data(), rows, D(), vbits, G, GroupLayout::PerToken, cfg.param_type));
+  hs.vres.erase_front(rows * D());
+}
+
+void LayerCache::append(const float* k, const float* v, std::size_t n_new) {
+  Impl& m = *impl_;
+  if (n_new == 0) return;
+  const std::size_t D = m.D(), stride = std::size_t(m.n_kv) * D;
+  if (m.rope) m.rope->ensure(m.n + n_new);
+  std::vector<float> rowbuf(D);
+  for (int h = 0; h < m.n_kv; ++h) {
+    HeadStore& hs = m.heads[std::size_t(h)];
+    for (std::size_t i = 0; i < n_new; ++i) {
+      hs.kres.push(k + i * stride + std::size_t(h) * D, D);
+      const float* vrow = v + i * stride + std::size_t(h) * D;
+      if (m.cfg.hadamard) {
+        std::copy(vrow, vrow + D, rowbuf.data());
+        hadamard_transform(rowbuf.data(), m.d);
+        vrow = rowbuf.data();
+      }
+      hs.vres.push(vrow, D);
+    }
+  }
+  const std::size_t total = m.n + n_new;
+  if (m.int_method) {
+    // Every token is quantized at once (per-token groups, no window).
+    for (int h = 0; h < m.n_kv; ++h) {
+      m.flush_keys(h, n_new);
+      m.flush_values(h, n_new);
+    }
+    m.n_kq = m.n_vq = total;
+  } else if (m.kivi_like) {
+    const std::size_t R = std::size_t(m.R);
+    const std::size_t key_res = total - m.n_kq;       // full-precision keys after the push
+    const std::size_t key_flush = (key_res / R) * R;  // keys leave in chunks of R
+    const std::size_t val_keep = std::min(total, R);  // values: last R stay
+    const std::size_t val_flush = total - val_keep - m.n_vq;
+    for (int h = 0; h < m.n_kv; ++h) {
+      for (std::size_t c = 0; c < key_flush; c += R) m.flush_keys(h, R);
+      if (val_flush) m.flush_values(h, val_flush);
+    }
+    m.n_kq += key_flush;
+    m.n_vq += val_flush;
+  }
+  m.n = total;
+}
+
+void LayerCache::clear() {
+  Impl& m = *impl_;
+  for (HeadStore& hs : m.heads) {
+    hs.kq.clear();
+    hs.vq.clear();
+    hs.kres.clear();
+    hs.vres.clear();
+  }
+  m.n = m.n_kq = m.n_vq = 0;
+}
+
+std::size_t LayerCache::key_bytes() const {
+  std::size_t b = 0;
+  for (const HeadStore& hs : impl_->heads) b += hs.kq.bytes() + hs.kres.bytes();
+  return b;
+}
+std::size_t LayerCache::value_bytes() const {
+  std::size_t b = 0;
+  for (const HeadStore& hs : impl_->heads) b += hs.vq.bytes() + hs.vres.bytes();
+  return b;
+}
+double LayerCache::bits_per_element() const {
+  const Impl& m = *impl_;
+  if (m.n == 0) return 0.0;
+  return double(bytes()) * 8.0 / (double(m.n) * double(m.n_kv) * double(m.d) * 2.0);
+}
+
+// ---- Loading blocks (fast path) -----------------------------------------------------------
+
+void LayerCache::Impl::load_rows(const QuantPart& part, int bits, std::size_t row, std::size_t nb,
+                                 float* out) const {
+  const std::size_t per_row = D() / std::size_t(G), bytes = gb(bits);
+  for (std::size_t t = 0; t < nb; ++t) {
+    for (std::size_t cg = 0; cg < per_row; ++cg) {
+      const std::size_t g = (row + t) * per_row + cg;
+      detail::dequant_packed(part.codes.data() + g * bytes, std::size_t(G), bits, part.scale.get(g),
+                             part.min.get(g), out + t * D() + cg * std::size_t(G));
+    }
+  }
+}
+
+void LayerCache::Impl::load_keys(int h, std::size_t t0, std::size_t nb, float* out,
+                                 float* scratch) const {
+  const HeadStore& hs = heads[std::size_t(h)];
+  std::size_t t = t0;
+  const std::size_t end = t0 + nb;
+  if (t < n_kq && key_layout == GroupLayout::PerChannel) {
+    // Whole token groups: unpack channel by channel, scatter into token-major rows.
+    const std::size_t Gs = std::size_t(G), bytes = gb(kbits);
+    while (t < std::min(end, n_kq)) {
+      const std::size_t tg = t / Gs, off = t % Gs;
+      const std::size_t take = std::min({Gs - off, end - t, n_kq - t});
+      for (std::size_t c = 0; c < D(); ++c) {
+        const std::size_t g = tg * D() + c;
+        detail::dequant_packed(hs.kq.codes.data() + g * bytes, Gs, kbits, hs.kq.scale.get(g),
+                               hs.kq.min.get(g), scratch);
+        for (std::size_t i = 0; i < take; ++i) out[(t - t0 + i) * D() + c] = scratch[off + i];
+      }
+      t += take;
+    }
+  } else if (t < n_kq) {
+    const std::size_t take = std::min(end, n_kq) - t;
+    load_rows(hs.kq, kbits, t, take, out);
+    t += take;
+  }
+  if (t < end) hs.kres.get((t - n_kq) * D(), (end - t) * D(), out + (t - t0) * D());
+}
+
+void LayerCache::Impl::load_values(int h, std::size_t t0, std::size_t nb, float* out) const {
+  const HeadStore& hs = heads[std::size_t(h)];
+  std::size_t t = t0;
+  const std::size_t end = t0 + nb;
+  if (t < n_vq) {
+    const std::size_t take = std::min(end, n_vq) - t;
+    load_rows(hs.vq, vbits, t, take, out);
+    t += take;
+  }
+  if (t < end) hs.vres.get((t - n_vq) * D(), (end - t) * D(), out + (t - t0) * D());
+}
+
+// ---- Attention -----------------------------------------------------------------------------
+
+namespace {
+// Dot product with 8 independent partial sums so the compiler can vectorize it without
+// reassociation flags.
+inline float dot8(const float* a, const float* b, std::size_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (std::size_t j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float tail = 0.0f;
+  for (; i < n; ++i) tail += a[i] * b[i];
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
+}
+}  // namespace
+
+void LayerCache::attend_head(int kv_head, const float* q, std::size_t n_q, int n_heads,
+                             const int* q_pos, float* out) const {
+  const Impl& m = *impl_;
+  if (n_heads % m.n_kv != 0) {
+    fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, m.n_kv);
+  }
+  const std::size_t D = m.D();
+  const int n_rep = n_heads / m.n_kv;
+  const std::size_t rows = n_q * std::size_t(n_rep);
+  const float scale = 1.0f / std::sqrt(float(m.d));
+  long long max_pos = -1;
+  for (std::size_t i = 0; i < n_q; ++i) max_pos = std::max<long long>(max_pos, q_pos[i]);
+  const std::size_t limit = std::size_t(std::min<long long>((long long)m.n, max_pos + 1));
+  const std::size_t B = m.kivi_like ? std::size_t(m.G) : 32;
+
+  std::vector<float> mx(rows, -std::numeric_limits<float>::infinity()), l(rows, 0.0f);
+  std::vector<float> acc(rows * D, 0.0f);
+  std::vector<float> kb(B * D), vb(B * D), s(B), scratch(std::max<std::size_t>(B, m.G));
+  const bool pre = m.cfg.key_rope == KeyRope::Pre;
+
+  for (std::size_t b0 = 0; b0 < limit; b0 += B) {
+    const std::size_t nb = std::min(B, limit - b0);
+    m.load_keys(kv_head, b0, nb, kb.data(), scratch.data());
+    if (pre) {
+      for (std::size_t t = 0; t < nb; ++t) m.rope->rotate(kb.data() + t * D, b0 + t);
+    }
+    m.load_values(kv_head, b0, nb, vb.data());
+    for (std::size_t i = 0; i < n_q; ++i) {
+      const long long vis_ll =
+          std::min<long long>((long long)nb, (long long)q_pos[i] - (long long)b0 + 1);
+      if (vis_ll <= 0) continue;
+      const std::size_t vis = std::size_t(vis_ll);
+      for (int r = 0; r < n_rep; ++r) {
+        const std::size_t row = i * std::size_t(n_rep) + std::size_t(r);
+        const float* qv = q + (i * std::size_t(n_heads) + std::size_t(kv_head * n_rep + r)) * D;
+        float bmax = -std::numeric_limits<float>::infinity();
+        for (std::size_t t = 0; t < vis; ++t) {
+          const float* kv = kb.data() + t * D;
+          s[t] = dot8(qv, kv, D) * scale;
+          bmax = std::max(bmax, s[t]);
+        }
+        const float m_new = std::max(mx[row], bmax);
+        const float corr = std::exp(mx[row] - m_new);  // 0 when mx was -inf
+        float* a = acc.data() + row * D;
+        if (corr != 1.0f) {
+          for (std::size_t c = 0; c < D; ++c) a[c] *= corr;
+        }
+        float lsum = l[row] * corr;
+        for (std::size_t t = 0; t < vis; ++t) {
+          const float p = std::exp(s[t] - m_new);
+          lsum += p;
+          const float* vv = vb.data() + t * D;
+          for (std::size_t c = 0; c < D; ++c) a[c] += p * vv[c];
+        }
+        l[row] = lsum;
+        mx[row] = m_new;
+      }
+    }
+  }
+  for (std::size_t i = 0; i < n_q; ++i) {
+    for (int r = 0; r < n_rep; ++r) {
+      const std::size_t row = i * std::size_t(n_rep) + std::size_t(r);
+      float* o = out + (i * std::size_t(n_heads) + std::size_t(kv_head * n_rep + r)) * D;
+      if (l[row] == 0.0f) {
+        std::fill(o, o + D, 0.0f);
+        continue;
+      }
+      const float inv = 1.0f / l[row];
+      for (std::size_t c = 0; c < D; ++c) o[c] = acc[row * D + c] * inv;
+      if (m.cfg.hadamard) hadamard_transform(o, m.d);
+    }
+  }
+}
+
+void LayerCache::attend(const float* q, std::size_t n_q, int n_heads, const int* q_pos,
+                        float* out) const {
+  for (int h = 0; h < impl_->n_kv; ++h) attend_head(h, q, n_q, n_heads, q_pos, out);
+}
+
+// ---- Scalar reference ----------------------------------------------------------------------
+
+void LayerCache::dequantize(int kv_head, float* keys, float* values) const {
+  const Impl& m = *impl_;
+  const HeadStore& hs = m.heads.at(std::size_t(kv_head));
+  const std::size_t D = m.D(), Gs = std::size_t(m.G);
+  std::vector<uint8_t> codes(std::max<std::size_t>(Gs, 1));
+  // Keys.
+  for (std::size_t t = 0; t < m.n_kq; ++t) {
+    for (std::size_t c = 0; c < D; ++c) {
+      std::size_t g, idx;
+      if (m.key_layout == GroupLayout::PerChannel) {
+        g = (t / Gs) * D + c;
+        idx = t % Gs;
+      } else {
+        g = t * (D / Gs) + c / Gs;
+        idx = c % Gs;
+      }
+      unpack_codes(hs.kq.codes.data() + g * m.gb(m.kbits), Gs, m.kbits, codes.data());
+      keys[t * D + c] = float(codes[idx]) * hs.kq.scale.get(g) + hs.kq.min.get(g);
+    }
+  }
+  for (std::size_t t = m.n_kq; t < m.n; ++t)
+    for (std::size_t c = 0; c < D; ++c) keys[t * D + c] = hs.kres.get((t - m.n_kq) * D + c);
+  // Values.
+  for (std::size_t t = 0; t < m.n_vq; ++t) {
+    for (std::size_t c = 0; c < D; ++c) {
+      const std::size_t g = t * (D / Gs) + c / Gs;
+      unpack_codes(hs.vq.codes.data() + g * m.gb(m.vbits), Gs, m.vbits, codes.data());
+      values[t * D + c] = float(codes[c % Gs]) * hs.vq.scale.get(g) + hs.vq.min.get(g);
+    }
+  }
+  for (std::size_t t = m.n_vq; t < m.n; ++t)
+    for (std::size_t c = 0; c < D; ++c) values[t * D + c] = hs.vres.get((t - m.n_vq) * D + c);
+  if (m.cfg.hadamard) {
+    for (std::size_t t = 0; t < m.n; ++t) hadamard_transform(values + t * D, m.d);
+  }
+}
+
+void LayerCache::attend_reference(const float* q, std::size_t n_q, int n_heads, const int* q_pos,
+                                  float* out) const {
+  const Impl& m = *impl_;
+  if (n_heads % m.n_kv != 0) {
+    fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, m.n_kv);
+  }
+  const int n_rep = n_heads / m.n_kv;
+  const std::size_t D = m.D();
+  std::vector<float> keys(m.n * D), values(m.n * D);
+  std::vector<double> logits(m.n);
+  for (int h = 0; h < m.n_kv; ++h) {
+    dequantize(h, keys.data(), values.data());
+    if (m.cfg.key_rope == KeyRope::Pre) {
+      for (std::size_t t = 0; t < m.n; ++t) {
+        rope_rotate(keys.data() + t * D, m.d, int(t), m.rope->spec().inv_freq.data(),
+                    m.rope->layout());
+      }
+    }
+    for (std::size_t i = 0; i < n_q; ++i) {
+      const std::size_t vis =
+          std::size_t(std::clamp<long long>((long long)q_pos[i] + 1, 0, (long long)m.n));
+      for (int r = 0; r < n_rep; ++r) {
+        const std::size_t hq = std::size_t(h * n_rep + r);
+        const float* qv = q + (i * std::size_t(n_heads) + hq) * D;
+        float* o = out + (i * std::size_t(n_heads) + hq) * D;
+        std::fill(o, o + D, 0.0f);
+        if (vis == 0) continue;
+        double mxl = -std::numeric_limits<double>::infinity();
+        for (std::size_t t = 0; t < vis; ++t) {
+          double dot = 0;
+          for (std::size_t c = 0; c < D; ++c) dot += double(qv[c]) * double(keys[t * D + c]);
+          logits[t] = dot / std::sqrt(double(m.d));
+          mxl = std::max(mxl, logits[t]);
+        }
+        double sum = 0;
+        for (std::size_t t = 0; t < vis; ++t) sum += std::exp(logits[t] - mxl);
+        for (std::size_t c = 0; c < D; ++c) {
+          double a = 0;
+          for (std::size_t t = 0; t < vis; ++t) {
+            a += std::exp(logits[t] - mxl) * double(values[t * D + c]);
+          }
+          o[c] = float(a / sum);
+        }
+      }
+    }
+  }
+}
+
+// ---- Whole cache ---------------------------------------------------------------------------
+
+KvCache::KvCache(const CacheConfig& config, int n_layers, int n_kv_heads, int head_dim,
+                 RopeSpec rope)
+    : config_(config) {
+  config.validate(head_dim);
+  if (n_layers <= 0) fail_usage("n_layers must be positive, got {}", n_layers);
+  if (config.key_rope == KeyRope::Pre) rope_ = std::make_shared<RopeTable>(std::move(rope));
+  for (int i = 0; i < n_layers; ++i) layers_.emplace_back(config, n_kv_heads, head_dim, rope_);
+}
+
+std::size_t KvCache::bytes() const {
+  std::size_t b = 0;
+  for (const LayerCache& l : layers_) b += l.bytes();
+  return b;
+}
+
+double KvCache::bits_per_element() const {
+  const std::size_t n = tokens();
+  if (n == 0 || layers_.empty()) return 0.0;
+  const double elems = double(n) * double(layers_.size()) * double(layers_[0].n_kv_heads()) *
+                       double(layers_[0].head_dim()) * 2.0;
+  return double(bytes()) * 8.0 / elems;
+}
+
+void KvCache::clear() {
+  for (LayerCache& l : layers_) l.clear();
+}
+
+void KvCache::save_states(const std::string& path) const {
+  std::vector<SquatState> all;
+  for (const LayerCache& l : layers_) {
+    if (!l.has_states()) fail("cannot save SQuat states: a layer has none yet");
+    all.insert(all.end(), l.states().begin(), l.states().end());
+  }
+  SquatStateFile::save(path, all);
+}
+
+void KvCache::load_states(const std::string& path) {
+  std::vector<SquatState> all = SquatStateFile::load(path);
+  const std::size_t per = std::size_t(layers_.at(0).n_kv_heads());
+  if (all.size() != per * layers_.size()) {
+    fail("SQuat state file {} holds {} states, the cache needs {} ({} layers x {} KV heads)", path,
+         all.size(), per * layers_.size(), layers_.size(), per);
+  }
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    std::vector<SquatState> s(all.begin() + std::ptrdiff_t(i * per),
+                              all.begin() + std::ptrdiff_t((i + 1) * per));
+    layers_[i].set_states(std::move(s));
+  }
+}
+
+}  // namespace squat::kv

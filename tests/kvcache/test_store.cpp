@@ -1,0 +1,422 @@
+// The cache store: flush rules of SQUAT.md §1, byte accounting, and attention over the store
+// against an independent double-precision attention over the dequantized arrays.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "core/error.h"
+#include "squat/kvcache.h"
+
+using namespace squat::kv;
+
+namespace {
+
+RopeSpec make_rope(int d, RopeLayout layout) {
+  RopeSpec r;
+  r.layout = layout;
+  for (int i = 0; i < d / 2; ++i) r.inv_freq.push_back(std::pow(10000.0f, -2.0f * i / float(d)));
+  return r;
+}
+
+std::vector<float> randn(std::size_t n, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+// Independent rotation (pairs per layout, angle float(p) * inv_freq, math in double).
+void test_rope(std::vector<double>& x, int d, int pos, const RopeSpec& r) {
+  for (int i = 0; i < d / 2; ++i) {
+    const double angle = double(float(pos) * r.inv_freq[std::size_t(i)]);
+    const int a = r.layout == RopeLayout::Normal ? 2 * i : i;
+    const int b = r.layout == RopeLayout::Normal ? 2 * i + 1 : i + d / 2;
+    const double xa = x[std::size_t(a)], xb = x[std::size_t(b)];
+    x[std::size_t(a)] = xa * std::cos(angle) - xb * std::sin(angle);
+    x[std::size_t(b)] = xa * std::sin(angle) + xb * std::cos(angle);
+  }
+}
+
+// Double-precision causal attention of q [n_q, n_heads, d] over per-head arrays
+// keys[h] / values[h] ([n, d], keys already in the rotated frame).
+std::vector<float> dense_attention(const std::vector<float>& q, std::size_t n_q, int n_heads,
+                                   const std::vector<int>& pos,
+                                   const std::vector<std::vector<double>>& keys,
+                                   const std::vector<std::vector<double>>& values, std::size_t n,
+                                   int d) {
+  const int n_kv = int(keys.size()), n_rep = n_heads / n_kv;
+  const std::size_t D = std::size_t(d);
+  std::vector<float> out(n_q * std::size_t(n_heads) * D, 0.0f);
+  for (std::size_t i = 0; i < n_q; ++i) {
+    const std::size_t vis = std::size_t(std::clamp<long long>(pos[i] + 1LL, 0, (long long)n));
+    for (int h = 0; h < n_heads; ++h) {
+      const auto& K = keys[std::size_t(h / n_rep)];
+      const auto& V = values[std::size_t(h / n_rep)];
+      const float* qv = q.data() + (i * std::size_t(n_heads) + std::size_t(h)) * D;
+      if (vis == 0) continue;
+      std::vector<double> w(vis);
+      double mx = -1e300, sum = 0;
+      for (std::size_t t = 0; t < vis; ++t) {
+        double s = 0;
+        for (std::size_t c = 0; c < D; ++c) s += double(qv[c]) * K[t * D + c];
+        w[t] = s / std::sqrt(double(d));
+        mx = std::max(mx, w[t]);
+      }
+      for (auto& x : w) sum += (x = std::exp(x - mx));
+      for (std::size_t c = 0; c < D; ++c) {
+        double a = 0;
+        for (std::size_t t = 0; t < vis; ++t) a += w[t] * V[t * D + c];
+        out[(i * std::size_t(n_heads) + std::size_t(h)) * D + c] = float(a / sum);
+      }
+    }
+  }
+  return out;
+}
+
+// Dequantized contents of a layer, keys rotated into the query frame when stored pre-RoPE.
+void dequantized_arrays(const LayerCache& cache, const RopeSpec& rope,
+                        std::vector<std::vector<double>>& keys,
+                        std::vector<std::vector<double>>& values) {
+  const std::size_t n = cache.tokens(), D = std::size_t(cache.head_dim());
+  keys.assign(std::size_t(cache.n_kv_heads()), {});
+  values.assign(std::size_t(cache.n_kv_heads()), {});
+  for (int h = 0; h < cache.n_kv_heads(); ++h) {
+    std::vector<float> k(n * D), v(n * D);
+    cache.dequantize(h, k.data(), v.data());
+    keys[std::size_t(h)].assign(k.begin(), k.end());
+    values[std::size_t(h)].assign(v.begin(), v.end());
+    if (cache.config().key_rope == KeyRope::Pre) {
+      for (std::size_t t = 0; t < n; ++t) {
+        std::vector<double> row(keys[std::size_t(h)].begin() + std::ptrdiff_t(t * D),
+                                keys[std::size_t(h)].begin() + std::ptrdiff_t((t + 1) * D));
+        test_rope(row, int(D), int(t), rope);
+        std::copy(row.begin(), row.end(), keys[std::size_t(h)].begin() + std::ptrdiff_t(t * D));
+      }
+    }
+  }
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double m = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - b[i]));
+  return m;
+}
+
+CacheConfig kivi_config(int G, int R, int bits = 2) {
+  CacheConfig c;
+  c.method = CacheMethod::Kivi;
+  c.group_size = G;
+  c.residual_length = R;
+  c.k_bits = c.v_bits = bits;
+  return c;
+}
+
+std::size_t expected_bytes(const CacheConfig& c, std::size_t n_kq, std::size_t n_vq, std::size_t n,
+                           int n_kv, int d) {
+  const std::size_t D = std::size_t(d), G = std::size_t(c.group_size), pb = 2 * 2;  // fp16 s, m
+  const std::size_t kb = n_kq / G * D * (G * std::size_t(c.k_bits) / 8 + pb) + (n - n_kq) * D * 2;
+  const std::size_t vb = n_vq * (D / G) * (G * std::size_t(c.v_bits) / 8 + pb) + (n - n_vq) * D * 2;
+  return (kb + vb) * std::size_t(n_kv);
+}
+
+}  // namespace
+
+TEST(KvStore, FlushRulesAfterPrefillOfEveryLength) {
+  const int d = 32, n_kv = 2;
+  const RopeSpec rope = make_rope(d, RopeLayout::Normal);
+  for (auto [G, R] : {std::pair{32, 32}, std::pair{8, 24}}) {
+    const CacheConfig cfg = kivi_config(G, R);
+    for (int L = 0; L <= 3 * R; ++L) {
+      KvCache cache(cfg, 1, n_kv, d, rope);
+      const auto k = randn(std::size_t(L * n_kv * d), std::size_t(L) + 1);
+      const auto v = randn(std::size_t(L * n_kv * d), std::size_t(L) + 1000);
+      LayerCache& layer = cache.layer(0);
+      layer.append(k.data(), v.data(), std::size_t(L));
+      const std::size_t n = std::size_t(L), kq = std::size_t(L / R * R),
+                        vq = std::size_t(std::max(0, L - R));
+      EXPECT_EQ(layer.tokens(), n);
+      EXPECT_EQ(layer.quantized_keys(), kq) << "G " << G << " R " << R << " L " << L;
+      EXPECT_EQ(layer.quantized_values(), vq) << "G " << G << " R " << R << " L " << L;
+      EXPECT_EQ(layer.bytes(), expected_bytes(cfg, kq, vq, n, n_kv, d)) << "L " << L;
+      if (L > 0) {
+        EXPECT_DOUBLE_EQ(layer.bits_per_element(),
+                         double(layer.bytes()) * 8 / (double(L) * n_kv * d * 2));
+      }
+    }
+  }
+}
+
+TEST(KvStore, FlushRulesWhileDecodingTokenByToken) {
+  const int d = 16, n_kv = 1, G = 8, R = 16;
+  const CacheConfig cfg = kivi_config(G, R);
+  for (int prefill : {0, 5, 16, 21}) {
+    KvCache cache(cfg, 1, n_kv, d, make_rope(d, RopeLayout::Neox));
+    LayerCache& layer = cache.layer(0);
+    const auto k = randn(200 * std::size_t(d), 1), v = randn(200 * std::size_t(d), 2);
+    layer.append(k.data(), v.data(), std::size_t(prefill));
+    for (int t = prefill; t < 3 * R + 7; ++t) {
+      layer.append(k.data() + std::size_t(t * d), v.data() + std::size_t(t * d), 1);
+      const int n = t + 1;
+      // Keys leave in chunks of R when the buffer reaches R; values one at a time beyond R.
+      EXPECT_EQ(layer.quantized_keys(), std::size_t(n / R * R)) << n;
+      EXPECT_EQ(layer.quantized_values(), std::size_t(std::max(0, n - R))) << n;
+      EXPECT_EQ(layer.bytes(),
+                expected_bytes(cfg, std::size_t(n / R * R), std::size_t(std::max(0, n - R)),
+                               std::size_t(n), n_kv, d));
+    }
+  }
+}
+
+TEST(KvStore, PrefillEqualsTokenByToken) {
+  const int d = 64, n_kv = 2, n_heads = 4;
+  const std::size_t L = 3 * 32 + 5;
+  const RopeSpec rope = make_rope(d, RopeLayout::Normal);
+  for (CacheMethod m : {CacheMethod::Kivi, CacheMethod::Squat, CacheMethod::Int4}) {
+    CacheConfig cfg = kivi_config(32, 32);
+    cfg.method = m;
+    cfg.quant_group_size = 16;
+    cfg.hadamard = true;
+    const auto k = randn(L * n_kv * d, 3), v = randn(L * n_kv * d, 4);
+    const auto q = randn(L * n_heads * d, 5);
+    KvCache a(cfg, 1, n_kv, d, rope), b(cfg, 1, n_kv, d, rope);
+    a.layer(0).set_queries(q.data(), L, n_heads);
+    if (m == CacheMethod::Squat) b.layer(0).set_states(a.layer(0).states());
+    a.layer(0).append(k.data(), v.data(), L);
+    for (std::size_t t = 0; t < L; ++t) {
+      b.layer(0).append(k.data() + t * n_kv * d, v.data() + t * n_kv * d, 1);
+    }
+    EXPECT_EQ(a.bytes(), b.bytes());
+    for (int h = 0; h < n_kv; ++h) {
+      std::vector<float> ka(L * d), va(L * d), kb(L * d), vb(L * d);
+      a.layer(0).dequantize(h, ka.data(), va.data());
+      b.layer(0).dequantize(h, kb.data(), vb.data());
+      EXPECT_EQ(ka, kb) << to_string(m);
+      EXPECT_EQ(va, vb) << to_string(m);
+    }
+  }
+}
+
+namespace {
+
+struct AttnCase {
+  CacheMethod method;
+  KeyRope key_rope;
+  GroupLayout key_quant;
+  RopeLayout rope_layout;
+  bool hadamard;
+  int bits;
+};
+
+void check_attention(const AttnCase& c) {
+  const int d = 64, n_kv = 2, n_heads = 6;
+  const std::size_t prefill = 70, total = 100;
+  const RopeSpec rope = make_rope(d, c.rope_layout);
+  CacheConfig cfg = kivi_config(16, 32, c.bits);
+  cfg.method = c.method;
+  cfg.key_rope = c.key_rope;
+  cfg.key_quant = c.key_quant;
+  cfg.hadamard = c.hadamard;
+  cfg.quant_group_size = 32;
+  KvCache cache(cfg, 1, n_kv, d, rope);
+  LayerCache& layer = cache.layer(0);
+  auto k = randn(total * n_kv * d, 7), v = randn(total * n_kv * d, 8);
+  for (std::size_t i = 0; i < k.size(); i += 5) k[i] += 3.0f;  // channel offsets
+  const auto pq = randn(prefill * n_heads * d, 9, 2.0f);
+  layer.set_queries(pq.data(), prefill, n_heads);
+  layer.append(k.data(), v.data(), prefill);
+  for (std::size_t t = prefill; t < total; ++t) {
+    layer.append(k.data() + t * n_kv * d, v.data() + t * n_kv * d, 1);
+  }
+  const std::vector<int> pos{99, 99, 64, 63, 31, 0, 1000, -1};
+  const auto q = randn(pos.size() * n_heads * d, 10, 1.5f);
+  std::vector<float> fast(q.size(), 7.0f), ref(q.size(), 7.0f);
+  layer.attend(q.data(), pos.size(), n_heads, pos.data(), fast.data());
+  layer.attend_reference(q.data(), pos.size(), n_heads, pos.data(), ref.data());
+  std::vector<std::vector<double>> keys, values;
+  dequantized_arrays(layer, rope, keys, values);
+  const auto expect = dense_attention(q, pos.size(), n_heads, pos, keys, values, total, d);
+  const std::string what = cfg.describe();
+  EXPECT_LT(max_abs_diff(fast, expect), 1e-4) << what;
+  EXPECT_LT(max_abs_diff(ref, expect), 1e-5) << what;
+  // The query at position -1 sees nothing.
+  for (std::size_t i = 7 * n_heads * d; i < 8 * n_heads * d; ++i) EXPECT_EQ(fast[i], 0.0f);
+}
+
+}  // namespace
+
+TEST(KvAttention, EqualsAttentionOverDequantizedArrays) {
+  std::vector<AttnCase> cases;
+  for (CacheMethod m : {CacheMethod::F32, CacheMethod::F16, CacheMethod::Int8, CacheMethod::Int4,
+                        CacheMethod::Kivi, CacheMethod::Squat}) {
+    for (KeyRope kr : {KeyRope::Pre, KeyRope::Post}) {
+      cases.push_back({m, kr, GroupLayout::PerChannel, RopeLayout::Normal, false, 2});
+    }
+  }
+  cases.push_back(
+      {CacheMethod::Kivi, KeyRope::Pre, GroupLayout::PerToken, RopeLayout::Neox, true, 4});
+  cases.push_back(
+      {CacheMethod::Squat, KeyRope::Pre, GroupLayout::PerToken, RopeLayout::Neox, false, 2});
+  cases.push_back(
+      {CacheMethod::Squat, KeyRope::Pre, GroupLayout::PerChannel, RopeLayout::Neox, true, 4});
+  cases.push_back(
+      {CacheMethod::Squat, KeyRope::Post, GroupLayout::PerChannel, RopeLayout::Normal, true, 8});
+  for (const AttnCase& c : cases) check_attention(c);
+}
+
+TEST(KvAttention, HighBitsAndPreOrPostRopeMatchFullPrecision) {
+  const int d = 64, n_kv = 1, n_heads = 3;
+  const std::size_t n = 90;
+  const RopeSpec rope = make_rope(d, RopeLayout::Normal);
+  const auto k = randn(n * n_kv * d, 21), v = randn(n * n_kv * d, 22);
+  // Rotated keys for the post-RoPE caches and the dense reference.
+  std::vector<float> krot = k;
+  for (std::size_t t = 0; t < n; ++t)
+    rope_rotate(krot.data() + t * d, d, int(t), rope.inv_freq.data(), rope.layout);
+  const auto q = randn(n * n_heads * d, 23);
+  std::vector<int> pos(n);
+  for (std::size_t i = 0; i < n; ++i) pos[i] = int(i);
+  std::vector<float> dense(q.size());
+  attention_dense(q.data(), n, n_heads, pos.data(), krot.data(), v.data(), n, n_kv, d,
+                  dense.data());
+  struct Tol {
+    CacheMethod m;
+    int bits;
+    double tol;
+  };
+  for (Tol t : {Tol{CacheMethod::F32, 0, 1e-5}, Tol{CacheMethod::F16, 0, 3e-3},
+                Tol{CacheMethod::Int8, 0, 3e-2}, Tol{CacheMethod::Kivi, 8, 3e-2},
+                Tol{CacheMethod::Squat, 8, 3e-2}}) {
+    for (KeyRope kr : {KeyRope::Pre, KeyRope::Post}) {
+      CacheConfig cfg = kivi_config(32, 32, t.bits ? t.bits : 2);
+      cfg.method = t.m;
+      cfg.key_rope = kr;
+      cfg.quant_group_size = 32;
+      KvCache cache(cfg, 1, n_kv, d, rope);
+      cache.layer(0).set_queries(q.data(), n, n_heads);
+      cache.layer(0).append(kr == KeyRope::Pre ? k.data() : krot.data(), v.data(), n);
+      std::vector<float> out(q.size());
+      cache.layer(0).attend(q.data(), n, n_heads, pos.data(), out.data());
+      EXPECT_LT(max_abs_diff(out, dense), t.tol) << cfg.describe();
+    }
+  }
+}
+
+TEST(KvAttention, TwoBitSquatBeatsKiviThroughTheCache) {
+  // Queries concentrated in a few directions, keys with outlier channels; the prompt's queries
+  // build the subspace, later queries from the same directions attend through the cache.
+  const int d = 64, n_kv = 1, n_heads = 2;
+  const std::size_t n = 256;
+  std::mt19937_64 rng(31);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> k(n * d), v(n * d), dirs(3 * d), q(n * n_heads * d);
+  for (std::size_t i = 0; i < k.size(); ++i) k[i] = normal(rng) * ((i % d) % 11 == 0 ? 6.0f : 1.0f);
+  for (auto& x : v) x = normal(rng);
+  for (auto& x : dirs) x = normal(rng);
+  for (std::size_t i = 0; i < n * n_heads; ++i)
+    for (int j = 0; j < 3; ++j) {
+      const float w = 0.6f * normal(rng);
+      for (int c = 0; c < d; ++c) q[i * d + std::size_t(c)] += w * dirs[std::size_t(j * d + c)];
+    }
+  std::vector<int> pos(n);
+  for (std::size_t i = 0; i < n; ++i) pos[i] = int(i);
+  std::vector<float> exact(q.size());
+  attention_dense(q.data(), n, n_heads, pos.data(), k.data(), v.data(), n, n_kv, d, exact.data());
+  double err[2];
+  for (int which = 0; which < 2; ++which) {
+    CacheConfig cfg = kivi_config(32, 32, 2);
+    cfg.method = which ? CacheMethod::Squat : CacheMethod::Kivi;
+    cfg.key_rope = KeyRope::Post;
+    cfg.quant_group_size = 16;
+    cfg.lambda = 0.01;
+    KvCache cache(cfg, 1, n_kv, d);
+    cache.layer(0).set_queries(q.data(), n, n_heads);
+    cache.layer(0).append(k.data(), v.data(), n);
+    std::vector<float> out(q.size());
+    cache.layer(0).attend(q.data(), n, n_heads, pos.data(), out.data());
+    double se = 0, ref = 0;
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      se += (double(out[i]) - exact[i]) * (double(out[i]) - exact[i]);
+      ref += double(exact[i]) * exact[i];
+    }
+    err[which] = std::sqrt(se / ref);
+  }
+  std::printf("attention output relative error: kivi %.4f squat %.4f\n", err[0], err[1]);
+  EXPECT_LT(err[1], err[0]);
+}
+
+TEST(KvStore, ValidateRefusesImpossibleConfigs) {
+  auto refuses = [](CacheConfig c, int d, const char* what) {
+    try {
+      c.validate(d);
+      ADD_FAILURE() << "accepted: " << what;
+    } catch (const squat::Error& e) {
+      EXPECT_EQ(e.exit_status(), 2) << what;
+    }
+  };
+  CacheConfig base;
+  base.validate(64);
+  CacheConfig c = base;
+  c.k_bits = 3;
+  refuses(c, 64, "k_bits 3");
+  c = base;
+  c.v_bits = 1;
+  refuses(c, 64, "v_bits 1");
+  c = base;
+  c.residual_length = 48;
+  refuses(c, 64, "R not a multiple of G");
+  c = base;
+  c.residual_length = 0;
+  refuses(c, 64, "R = 0");
+  c = base;
+  c.quant_group_size = 48;
+  refuses(c, 64, "g does not divide d");
+  c = base;
+  c.group_size = 128;
+  refuses(c, 64, "G > d for value groups");
+  c = base;
+  c.hadamard = true;
+  refuses(c, 96, "hadamard with d = 96");
+  c = base;
+  c.lambda = -1;
+  refuses(c, 64, "negative lambda");
+  c = base;
+  c.key_quant = GroupLayout::PerToken;
+  c.quant_group_size = 16;
+  refuses(c, 64, "per-token g < G");
+  c = base;
+  refuses(c, 63, "odd head_dim with pre-RoPE");
+  EXPECT_THROW(parse_method("int3"), squat::Error);
+  EXPECT_EQ(parse_method("squat"), CacheMethod::Squat);
+  // Pre-RoPE without a RoPE description.
+  EXPECT_THROW(LayerCache(base, 1, 64, nullptr), squat::Error);
+}
+
+TEST(KvStore, SquatFlushWithoutStatesFails) {
+  CacheConfig cfg;  // squat, R = 32
+  KvCache cache(cfg, 1, 1, 64, make_rope(64, RopeLayout::Normal));
+  const auto k = randn(40 * 64, 1), v = randn(40 * 64, 2);
+  cache.layer(0).append(k.data(), v.data(), 31);  // no flush yet
+  EXPECT_THROW(cache.layer(0).append(k.data(), v.data(), 1), squat::Error);
+}
+
+TEST(KvStore, WholeCacheStatesSaveAndLoad) {
+  CacheConfig cfg;
+  cfg.quant_group_size = 16;
+  const int d = 64, n_kv = 2, n_heads = 4, layers = 3;
+  KvCache a(cfg, layers, n_kv, d, make_rope(d, RopeLayout::Normal));
+  const auto q = randn(20 * n_heads * d, 3);
+  for (int l = 0; l < layers; ++l) a.layer(l).set_queries(q.data(), 20, n_heads);
+  const std::string path = ::testing::TempDir() + "kvcache_states.bin";
+  a.save_states(path);
+  KvCache b(cfg, layers, n_kv, d, make_rope(d, RopeLayout::Normal));
+  b.load_states(path);
+  for (int l = 0; l < layers; ++l)
+    for (int h = 0; h < n_kv; ++h)
+      EXPECT_TRUE(a.layer(l).states()[std::size_t(h)] == b.layer(l).states()[std::size_t(h)]);
+  KvCache wrong(cfg, layers + 1, n_kv, d, make_rope(d, RopeLayout::Normal));
+  EXPECT_THROW(wrong.load_states(path), squat::Error);
+  std::remove(path.c_str());
+}
