@@ -69,7 +69,7 @@ void run_rows(const Call& c, std::size_t r0, std::size_t r1) {
   switch (w.type) {
     case TensorType::Q4_1:
     case TensorType::Q8_0: {
-      float* scratch = grow(t_scratch, 8 * c.xq.nb);
+      float* scratch = grow(t_scratch, 24 * c.xq.nbp);
       detail::q8_rows(w.type, w.data, w.row_bytes, r0, r1, c.xq, c.n, c.y, w.rows, scratch);
       return;
     }
@@ -103,18 +103,22 @@ void run_rows(const Call& c, std::size_t r0, std::size_t r1) {
 }
 
 void run(const WeightView& w, const float* x, std::size_t n, float* y, ThreadPool& pool) {
+  static const bool guarded = (detail::guard_simd_targets(), true);
+  (void)guarded;
   check_view(w);
   if (n == 0 || w.rows == 0) return;
   Call call{&w, x, n, y, {}};
   if (uses_q8_activations(w.type)) {
-    const std::size_t nb = w.cols / kQ8Block;
+    const std::size_t nb = w.cols / kQ8Block, nbp = detail::padded_blocks(nb);
     int8_t* q = grow(t_xq, n * w.cols);
-    float* scales = grow(t_xscale, 2 * n * nb);
-    call.xq = {q, scales, scales + n * nb, w.cols, nb};
+    float* scales = grow(t_xscale, n * (nb + nbp));
+    float* sums = scales + n * nb;
+    call.xq = {q, scales, sums, w.cols, nb, nbp};
     const auto quantize = [&](std::size_t i0, std::size_t i1, int) {
       for (std::size_t i = i0; i < i1; ++i) {
         quantize_activations_q8(x + i * w.cols, w.cols, q + i * w.cols, scales + i * nb,
-                                scales + n * nb + i * nb);
+                                sums + i * nbp);
+        std::fill(sums + i * nbp + nb, sums + (i + 1) * nbp, 0.0f);
       }
     };
     if (n >= 8) {
@@ -162,9 +166,11 @@ void quantize_activations_q8(const float* x, std::size_t n, int8_t* q, float* d,
     const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
     int sum = 0;
     for (std::size_t j = 0; j < kQ8Block; ++j) {
-      // Clamp first (also maps NaN into range); adding and subtracting 1.5 * 2^23 rounds to
-      // the nearest integer, ties to even, like nearbyint, and vectorises.
-      const float v = std::fmin(std::fmax(xb[j] * inv, -127.0f), 127.0f);
+      // Clamp first (NaN goes to 127); adding and subtracting 1.5 * 2^23 rounds to the
+      // nearest integer, ties to even, like nearbyint, and vectorises.
+      float v = xb[j] * inv;
+      v = v <= 127.0f ? v : 127.0f;
+      v = v >= -127.0f ? v : -127.0f;
       const int r = int((v + 12582912.0f) - 12582912.0f);
       q[b * kQ8Block + j] = int8_t(r);
       sum += r;

@@ -52,18 +52,6 @@ HWY_INLINE float LoadF16(const uint8_t* p) {
 #endif
 }
 
-// Float dot product of short arrays (per-block min terms).
-HWY_INLINE float DotShort(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, std::size_t n) {
-  const hn::ScalableTag<float> d;
-  const std::size_t N = hn::Lanes(d);
-  auto acc = hn::Zero(d);
-  std::size_t i = 0;
-  for (; i + N <= n; i += N) acc = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc);
-  float sum = hn::GetLane(hn::SumOfLanes(d, acc));
-  for (; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
-
 // Weight block formats of the quantized paths: bytes per block, where d (and m) sit.
 struct Q4_1Format {
   static constexpr std::size_t kBytes = 20;
@@ -74,30 +62,70 @@ struct Q8_0Format {
   static constexpr bool kHasMin = false;
 };
 
-// Converts the fp16 scales (and mins) of `rw` rows to float: dw[r*nb + b], mw[r*nb + b].
+// Converts the fp16 scales (and mins) of `rw` rows to float: dw[r*nbp + b], mw[r*nbp + b],
+// zero in [nb, nbp). The halves sit at a fixed stride through the blocks.
 template <class F>
-HWY_INLINE void GatherScales(const uint8_t* const* rows, int rw, std::size_t nb, float* dw,
-                             float* mw) {
+HWY_INLINE void GatherScales(const uint8_t* const* rows, int rw, std::size_t nb, std::size_t nbp,
+                             float* dw, float* mw) {
   for (int r = 0; r < rw; ++r) {
     const uint8_t* p = rows[r];
-    for (std::size_t b = 0; b < nb; ++b, p += F::kBytes) {
-      dw[r * nb + b] = LoadF16(p);
-      if constexpr (F::kHasMin) mw[r * nb + b] = LoadF16(p + 2);
+    float* d_out = dw + r * nbp;
+    float* m_out = mw + r * nbp;
+    std::size_t b = 0;
+#if SQUAT_X86_INT8
+    // One 8-lane gather of the 32-bit words (d, m) at the block starts; every word lies inside
+    // its block.
+    const __m256i offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                               _mm256_set1_epi32(int(F::kBytes)));
+    for (; b + 8 <= nb; b += 8) {
+      const __m256i words =
+          _mm256_i32gather_epi32(reinterpret_cast<const int*>(p + b * F::kBytes), offsets, 1);
+      const __m256i lo = _mm256_and_si256(words, _mm256_set1_epi32(0xffff));
+      const __m256i hi = _mm256_srli_epi32(words, 16);
+      // packus per 128-bit lane: [d0..3 m0..3 | d4..7 m4..7] -> qwords (0, 2, 1, 3).
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xd8);
+      _mm256_storeu_ps(d_out + b, _mm256_cvtph_ps(_mm256_castsi256_si128(packed)));
+      if constexpr (F::kHasMin) {
+        _mm256_storeu_ps(m_out + b, _mm256_cvtph_ps(_mm256_extracti128_si256(packed, 1)));
+      }
+    }
+#endif
+    for (; b < nb; ++b) {
+      d_out[b] = LoadF16(p + b * F::kBytes);
+      if constexpr (F::kHasMin) m_out[b] = LoadF16(p + b * F::kBytes + 2);
+    }
+    for (; b < nbp; ++b) d_out[b] = m_out[b] = 0.0f;
+  }
+}
+
+// prod[(r*RX + c)*nbp + b] = dw[r*nbp + b] * xd[c][b]: the combined scale of each block pair.
+template <int RW, int RX>
+HWY_INLINE void CombineScales(const float* dw, const float* const* xd, std::size_t nb,
+                              std::size_t nbp, float* prod) {
+  const hn::ScalableTag<float> d;
+  const std::size_t N = hn::Lanes(d);
+  for (int r = 0; r < RW; ++r) {
+    for (int c = 0; c < RX; ++c) {
+      float* out = prod + (r * RX + c) * nbp;
+      std::size_t b = 0;
+      for (; b + N <= nb; b += N) {
+        hn::StoreU(hn::Mul(hn::LoadU(d, dw + r * nbp + b), hn::LoadU(d, xd[c] + b)), d, out + b);
+      }
+      for (; b < nb; ++b) out[b] = dw[r * nbp + b] * xd[c][b];
     }
   }
 }
 
 #if SQUAT_X86_INT8
 
-// Sum of the 8 int32 lanes of one block's partial dot products is deferred: lanes are
+// The 8 int32 lanes of one block's partial dot products are not summed per block: they are
 // converted to float and scaled, and only the row total is reduced horizontally.
-HWY_INLINE __m256i DotU8S8(__m256i u, __m256i s) {
+HWY_INLINE __m256i DotU8S8(__m256i acc, __m256i u, __m256i s) {
 #if SQUAT_VNNI
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+  return _mm256_dpbusd_epi32(acc, u, s);
 #else
-  // u <= 255 (Q8_0 |w| <= 128, Q4_1 q <= 15) times |s| <= 127: pair sums fit int16 except the
-  // unreachable 255*127*2; Q8_0 |w| = 128 (q = -128) gives at most 32512.
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+  // u <= 128 (Q8_0 |w|, Q4_1 q <= 15) times |s| <= 127: pair sums fit int16 (<= 32512).
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 #endif
 }
 
@@ -108,62 +136,82 @@ HWY_INLINE float HSum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// A weight block made ready for products with several x blocks: u unsigned lanes, and for
-// signed weights the sign source applied to x.
+// With VNNI and several x rows, Q8_0 uses (x + 128) * w - 128 * w: the correction is made once
+// per weight block and x + 128 once per x block, leaving one vpdpbusd per pair. Otherwise
+// |w| * (x with w's sign), as vpmaddubsw needs an unsigned operand.
+template <class F, int RX>
+constexpr bool kBiased = !F::kHasMin && SQUAT_VNNI && RX > 1;
+
+// A weight block made ready for products with several x blocks.
 struct Prepared {
-  __m256i u;
-  __m256i sign;
+  __m256i u;     // unsigned operand (Q4_1 nibbles, Q8_0 |w|), or signed w when biased
+  __m256i init;  // sign source (Q8_0 sign trick) or accumulator start (biased correction)
 };
 
-template <class F>
+template <class F, int RX>
 HWY_INLINE Prepared LoadBlock(const uint8_t* block) {
   if constexpr (F::kHasMin) {  // Q4_1: 16 nibble bytes, low nibbles are elements 0..15
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 4));
-    const __m128i mask = _mm_set1_epi8(0x0f);
-    const __m128i lo = _mm_and_si128(v, mask);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
-    return {_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1), _mm256_setzero_si256()};
-  } else {  // Q8_0: 32 int8; |w| times x with w's sign
+    const __m256i both =
+        _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1);
+    return {_mm256_and_si256(both, _mm256_set1_epi8(0x0f)), _mm256_setzero_si256()};
+  } else {
     const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 2));
-    return {_mm256_sign_epi8(w, w), w};
+    if constexpr (kBiased<F, RX>) {
+      const __m256i wsum = DotU8S8(_mm256_setzero_si256(), _mm256_set1_epi8(1), w);
+      return {w, _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(wsum, 7))};
+    } else {
+      return {_mm256_sign_epi8(w, w), w};
+    }
   }
 }
 
-template <class F>
+template <class F, int RX>
+HWY_INLINE __m256i PrepareX(__m256i x) {
+  if constexpr (kBiased<F, RX>) return _mm256_xor_si256(x, _mm256_set1_epi8(char(0x80)));
+  return x;
+}
+
+template <class F, int RX>
 HWY_INLINE __m256i BlockDot(const Prepared& w, __m256i x) {
   if constexpr (F::kHasMin) {
-    return DotU8S8(w.u, x);
+    return DotU8S8(_mm256_setzero_si256(), w.u, x);
+  } else if constexpr (kBiased<F, RX>) {
+    return DotU8S8(w.init, x, w.u);
   } else {
-    return DotU8S8(w.u, _mm256_sign_epi8(x, w.sign));
+    return DotU8S8(_mm256_setzero_si256(), w.u, _mm256_sign_epi8(x, w.init));
   }
 }
 
-// RW weight rows times RX x rows over all nb blocks; out[rw][rx] without the min term.
+// RW weight rows times RX x rows over all nb blocks: out[rw][rx]. scale[(r*RX + c)*nbp + b]
+// is the combined block scale (CombineScales); with mins, the accumulators start from
+// mw . s over whole vectors of 8 (both zero-padded), so one horizontal sum covers both terms.
 template <class F, int RW, int RX>
-HWY_INLINE void QuantTile(const uint8_t* const* rows, const float* dw, std::size_t nb,
-                          const Q8Rows& x, std::size_t i0, float* out /* [RW][RX] */) {
+HWY_INLINE void QuantTile(const uint8_t* const* rows, const float* scale, const float* mw,
+                          const float* const* xs, std::size_t nb, std::size_t nbp,
+                          const int8_t* const* xq, float* out /* [RW][RX] */) {
   __m256 acc[RW][RX];
-  for (int r = 0; r < RW; ++r)
-    for (int c = 0; c < RX; ++c) acc[r][c] = _mm256_setzero_ps();
-  const int8_t* xq[RX];
-  const float* xd[RX];
-  for (int c = 0; c < RX; ++c) {
-    xq[c] = x.q + (i0 + c) * x.cols;
-    xd[c] = x.d + (i0 + c) * x.nb;
+  for (int r = 0; r < RW; ++r) {
+    for (int c = 0; c < RX; ++c) {
+      acc[r][c] = _mm256_setzero_ps();
+      if constexpr (F::kHasMin) {
+        for (std::size_t b = 0; b < nbp; b += 8) {
+          acc[r][c] = _mm256_fmadd_ps(_mm256_loadu_ps(mw + r * nbp + b), _mm256_loadu_ps(xs[c] + b),
+                                      acc[r][c]);
+        }
+      }
+    }
   }
   for (std::size_t b = 0; b < nb; ++b) {
     Prepared w[RW];
-    __m256 scale[RW];
-    for (int r = 0; r < RW; ++r) {
-      w[r] = LoadBlock<F>(rows[r] + b * F::kBytes);
-      scale[r] = _mm256_set1_ps(dw[r * nb + b]);
-    }
+    for (int r = 0; r < RW; ++r) w[r] = LoadBlock<F, RX>(rows[r] + b * F::kBytes);
     for (int c = 0; c < RX; ++c) {
-      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[c] + 32 * b));
-      const __m256 dx = _mm256_set1_ps(xd[c][b]);
+      const __m256i xv =
+          PrepareX<F, RX>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[c] + 32 * b)));
       for (int r = 0; r < RW; ++r) {
-        const __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(BlockDot<F>(w[r], xv)), dx);
-        acc[r][c] = _mm256_fmadd_ps(p, scale[r], acc[r][c]);
+        const __m256 p = _mm256_cvtepi32_ps(BlockDot<F, RX>(w[r], xv));
+        acc[r][c] =
+            _mm256_fmadd_ps(p, _mm256_broadcast_ss(scale + (r * RX + c) * nbp + b), acc[r][c]);
       }
     }
   }
@@ -174,12 +222,11 @@ HWY_INLINE void QuantTile(const uint8_t* const* rows, const float* dw, std::size
 #else  // portable fallback: the same definition, one block at a time in scalar code
 
 template <class F, int RW, int RX>
-HWY_INLINE void QuantTile(const uint8_t* const* rows, const float* dw, std::size_t nb,
-                          const Q8Rows& x, std::size_t i0, float* out) {
+HWY_INLINE void QuantTile(const uint8_t* const* rows, const float* scale, const float* mw,
+                          const float* const* xs, std::size_t nb, std::size_t nbp,
+                          const int8_t* const* xq, float* out) {
   for (int r = 0; r < RW; ++r) {
     for (int c = 0; c < RX; ++c) {
-      const int8_t* xq = x.q + (i0 + c) * x.cols;
-      const float* xd = x.d + (i0 + c) * x.nb;
       float sum = 0.0f;
       for (std::size_t b = 0; b < nb; ++b) {
         const uint8_t* blk = rows[r] + b * F::kBytes;
@@ -191,9 +238,10 @@ HWY_INLINE void QuantTile(const uint8_t* const* rows, const float* dw, std::size
           } else {
             q = int8_t(blk[2 + j]);
           }
-          isum += q * xq[32 * b + j];
+          isum += q * xq[c][32 * b + j];
         }
-        sum += float(isum) * xd[b] * dw[r * nb + b];
+        sum += float(isum) * scale[(r * RX + c) * nbp + b];
+        if constexpr (F::kHasMin) sum += mw[r * nbp + b] * xs[c][b];
       }
       out[r * RX + c] = sum;
     }
@@ -202,18 +250,33 @@ HWY_INLINE void QuantTile(const uint8_t* const* rows, const float* dw, std::size
 
 #endif  // SQUAT_X86_INT8
 
+template <class F, int RW, int RX>
+HWY_INLINE void QuantTileScaled(const uint8_t* const* rows, const float* dw, const float* mw,
+                                const Q8Rows& x, std::size_t i0, float* scale, float* out) {
+  const int8_t* xq[RX];
+  const float* xd[RX];
+  const float* xs[RX];
+  for (int c = 0; c < RX; ++c) {
+    xq[c] = x.q + (i0 + c) * x.cols;
+    xd[c] = x.d + (i0 + c) * x.nb;
+    xs[c] = x.s + (i0 + c) * x.nbp;
+  }
+  CombineScales<RW, RX>(dw, xd, x.nb, x.nbp, scale);
+  QuantTile<F, RW, RX>(rows, scale, mw, xs, x.nb, x.nbp, xq, out);
+}
+
 template <class F, int RW>
-HWY_INLINE void QuantTileAnyX(const uint8_t* const* rows, const float* dw, std::size_t nb,
-                              const Q8Rows& x, std::size_t i0, int rx, float* out) {
+HWY_INLINE void QuantTileAnyX(const uint8_t* const* rows, const float* dw, const float* mw,
+                              const Q8Rows& x, std::size_t i0, int rx, float* scale, float* out) {
   switch (rx) {
     case 1:
-      return QuantTile<F, RW, 1>(rows, dw, nb, x, i0, out);
+      return QuantTileScaled<F, RW, 1>(rows, dw, mw, x, i0, scale, out);
     case 2:
-      return QuantTile<F, RW, 2>(rows, dw, nb, x, i0, out);
+      return QuantTileScaled<F, RW, 2>(rows, dw, mw, x, i0, scale, out);
     case 3:
-      return QuantTile<F, RW, 3>(rows, dw, nb, x, i0, out);
+      return QuantTileScaled<F, RW, 3>(rows, dw, mw, x, i0, scale, out);
     default:
-      return QuantTile<F, RW, 4>(rows, dw, nb, x, i0, out);
+      return QuantTileScaled<F, RW, 4>(rows, dw, mw, x, i0, scale, out);
   }
 }
 
@@ -221,9 +284,10 @@ template <class F>
 void QuantRows(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::size_t r1,
                const Q8Rows& x, std::size_t n, float* y, std::size_t ldy, float* scratch) {
   constexpr int kRW = 4, kRX = 4;
-  const std::size_t nb = x.nb;
+  const std::size_t nb = x.nb, nbp = x.nbp;
   float* dw = scratch;
-  float* mw = scratch + kRW * nb;
+  float* mw = scratch + kRW * nbp;
+  float* scale = scratch + 2 * kRW * nbp;  // kRW * kRX * nbp
   // Keep the slice of quantized x rows that each weight tile sweeps within L2.
   const std::size_t x_chunk = std::max<std::size_t>(kRX, (256 * 1024 / (x.cols + 8)) / kRX * kRX);
   for (std::size_t i_begin = 0; i_begin < n; i_begin += x_chunk) {
@@ -232,22 +296,17 @@ void QuantRows(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::siz
       const int rw = r1 - r >= std::size_t(kRW) ? kRW : 1;
       const uint8_t* rows[kRW];
       for (int k = 0; k < rw; ++k) rows[k] = w + (r + k) * row_bytes;
-      GatherScales<F>(rows, rw, nb, dw, mw);
+      GatherScales<F>(rows, rw, nb, nbp, dw, mw);
       for (std::size_t i = i_begin; i < i_end; i += kRX) {
         const int rx = int(std::min<std::size_t>(kRX, i_end - i));
         float out[kRW * kRX];
         if (rw == kRW) {
-          QuantTileAnyX<F, kRW>(rows, dw, nb, x, i, rx, out);
+          QuantTileAnyX<F, kRW>(rows, dw, mw, x, i, rx, scale, out);
         } else {
-          QuantTileAnyX<F, 1>(rows, dw, nb, x, i, rx, out);
+          QuantTileAnyX<F, 1>(rows, dw, mw, x, i, rx, scale, out);
         }
-        for (int k = 0; k < rw; ++k) {
-          for (int c = 0; c < rx; ++c) {
-            float v = out[k * rx + c];
-            if constexpr (F::kHasMin) v += DotShort(mw + k * nb, x.s + (i + c) * nb, nb);
-            y[(i + c) * ldy + r + k] = v;
-          }
-        }
+        for (int k = 0; k < rw; ++k)
+          for (int c = 0; c < rx; ++c) y[(i + c) * ldy + r + k] = out[k * rx + c];
       }
       r += std::size_t(rw);
     }
@@ -396,6 +455,14 @@ HWY_AFTER_NAMESPACE();
 namespace squat::kernels::detail {
 
 HWY_EXPORT(Q8RowsImpl);
+
+void guard_simd_targets() {
+#if HWY_ARCH_X86 && (HWY_COMPILER_GCC_ACTUAL || HWY_COMPILER_CLANG)
+  if (!__builtin_cpu_supports("avx512vnni") || !__builtin_cpu_supports("avxvnni")) {
+    hwy::DisableTargets(HWY_AVX3_DL);
+  }
+#endif
+}
 HWY_EXPORT(FloatRowsImpl);
 HWY_EXPORT(F16RowsVecImpl);
 HWY_EXPORT(F16ToF32Impl);

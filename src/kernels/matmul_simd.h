@@ -9,17 +9,21 @@
 
 namespace squat::kernels::detail {
 
-// x quantized row by row with quantize_activations_q8: row i has q + i*cols, d/s + i*nb.
+// x quantized row by row with quantize_activations_q8: row i has q + i*cols, d + i*nb and
+// s + i*nbp; s is zero in [nb, nbp) so sums over it can run in whole vectors of 8.
 struct Q8Rows {
   const int8_t* q;
   const float* d;
   const float* s;
   std::size_t cols;
-  std::size_t nb;  // cols / 32
+  std::size_t nb;   // cols / 32
+  std::size_t nbp;  // nb rounded up to a multiple of 8
 };
 
+inline std::size_t padded_blocks(std::size_t nb) { return (nb + 7) / 8 * 8; }
+
 // Q4_1 or Q8_0 weight rows [r0, r1) against n quantized x rows: y[i*ldy + r].
-// scratch: at least 8 * nb floats.
+// scratch: at least 24 * nbp floats.
 void q8_rows(gguf::TensorType type, const uint8_t* w, std::size_t row_bytes, std::size_t r0,
              std::size_t r1, const Q8Rows& x, std::size_t n, float* y, std::size_t ldy,
              float* scratch);
@@ -32,6 +36,10 @@ void float_rows(const float* w, std::size_t w_stride, std::size_t nrows, const f
 // F16 weight rows [r0, r1) against one x vector: y[r] (decode, fused conversion).
 void f16_rows_vec(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::size_t r1,
                   const float* x, std::size_t cols, float* y);
+
+// Keeps Highway off its AVX3_DL target on CPUs without both AVX-512 VNNI and AVX-VNNI: the
+// 1.0.3 target string lets the compiler emit either. Call before the first dispatch (cheap).
+void guard_simd_targets();
 
 // count fp16 values to float.
 void f16_to_f32(const uint8_t* src, float* dst, std::size_t count);

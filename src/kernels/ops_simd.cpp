@@ -9,6 +9,7 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/matmul_simd.h"
 #include "kernels/ops.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -138,6 +139,11 @@ HWY_EXPORT(SoftmaxImpl);
 HWY_EXPORT(SwigluImpl);
 HWY_EXPORT(AddImpl);
 HWY_EXPORT(AxpyImpl);
+
+namespace {
+// Applied once before the first use of any dispatch table in this file.
+const bool kTargetsGuarded = (detail::guard_simd_targets(), true);
+}  // namespace
 
 float dot(const float* a, const float* b, std::size_t n) {
   return HWY_DYNAMIC_DISPATCH(DotImpl)(a, b, n);
