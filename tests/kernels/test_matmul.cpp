@@ -12,6 +12,7 @@
 #include "core/thread_pool.h"
 #include "kernels/dequant.h"
 #include "kernels/matmul.h"
+#include "simd_targets.h"
 
 namespace squat::kernels {
 namespace {
@@ -172,39 +173,45 @@ std::vector<std::size_t> cols_for(TensorType type) {
 TEST_P(MatmulTypes, MatchesReferencesOnRandomShapes) {
   const TensorType type = GetParam();
   std::mt19937 rng(1234 + unsigned(type));
-  for (std::size_t cols : cols_for(type)) {
-    for (std::size_t rows : {1, 3, 4, 5, 17, 50}) {
-      for (std::size_t n : {1, 2, 3, 4, 5, 9, 17}) {
-        for (int threads : {1, 3}) {
-          check(type, rows, cols, n, threads, Fill::Random, Fill::Random, 0, rng);
-          if (HasFatalFailure()) return;
+  for_each_simd_target([&] {
+    for (std::size_t cols : cols_for(type)) {
+      for (std::size_t rows : {1, 3, 4, 5, 17, 50}) {
+        for (std::size_t n : {1, 2, 3, 4, 5, 9, 17}) {
+          for (int threads : {1, 3}) {
+            check(type, rows, cols, n, threads, Fill::Random, Fill::Random, 0, rng);
+            if (HasFatalFailure()) return;
+          }
         }
       }
     }
-  }
+  });
 }
 
 TEST_P(MatmulTypes, EdgeInputs) {
   const TensorType type = GetParam();
   std::mt19937 rng(99 + unsigned(type));
   const std::size_t cols = cols_for(type).back();
-  for (int threads : {1, 2}) {
-    check(type, 7, cols, 1, threads, Fill::Zero, Fill::Random, 0, rng);
-    check(type, 7, cols, 3, threads, Fill::Random, Fill::Zero, 0, rng);
-    check(type, 9, cols, 5, threads, Fill::Large, Fill::Large, 0, rng);
-    check(type, 9, cols, 1, threads, Fill::Large, Fill::Random, 0, rng);
-    check(type, 6, cols, 2, threads, Fill::Random, Fill::Random, 24, rng);  // padded rows
-    if (HasFatalFailure()) return;
-  }
+  for_each_simd_target([&] {
+    for (int threads : {1, 2}) {
+      check(type, 7, cols, 1, threads, Fill::Zero, Fill::Random, 0, rng);
+      check(type, 7, cols, 3, threads, Fill::Random, Fill::Zero, 0, rng);
+      check(type, 9, cols, 5, threads, Fill::Large, Fill::Large, 0, rng);
+      check(type, 9, cols, 1, threads, Fill::Large, Fill::Random, 0, rng);
+      check(type, 6, cols, 2, threads, Fill::Random, Fill::Random, 24, rng);  // padded rows
+      if (HasFatalFailure()) return;
+    }
+  });
 }
 
 TEST_P(MatmulTypes, LargeBatchAndManyRows) {
   const TensorType type = GetParam();
   std::mt19937 rng(7 + unsigned(type));
   const std::size_t cols = cols_for(type).back();
-  check(type, 9, cols, 130, 3, Fill::Random, Fill::Random, 0, rng);
-  check(type, 301, cols, 1, 2, Fill::Random, Fill::Random, 0, rng);
-  if (uses_q8_activations(type)) check(type, 5, cols, 513, 2, Fill::Random, Fill::Random, 0, rng);
+  for_each_simd_target([&] {
+    check(type, 9, cols, 130, 3, Fill::Random, Fill::Random, 0, rng);
+    check(type, 301, cols, 1, 2, Fill::Random, Fill::Random, 0, rng);
+    if (uses_q8_activations(type)) check(type, 5, cols, 513, 2, Fill::Random, Fill::Random, 0, rng);
+  });
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTypes, MatmulTypes,
