@@ -158,6 +158,10 @@ bool uses_q8_activations(TensorType type) {
 }
 
 void quantize_activations_q8(const float* x, std::size_t n, int8_t* q, float* d, float* s) {
+  detail::quantize_q8(x, n, q, d, s);
+}
+
+void quantize_activations_q8_ref(const float* x, std::size_t n, int8_t* q, float* d, float* s) {
   for (std::size_t b = 0; b < n / kQ8Block; ++b) {
     const float* xb = x + b * kQ8Block;
     float amax = 0.0f;
@@ -211,7 +215,7 @@ void matmul_q8_ref(const WeightView& w, const float* x, std::size_t n, float* y)
   std::vector<int8_t> q(w.cols);
   std::vector<float> d(nb), s(nb);
   for (std::size_t i = 0; i < n; ++i) {
-    quantize_activations_q8(x + i * w.cols, w.cols, q.data(), d.data(), s.data());
+    quantize_activations_q8_ref(x + i * w.cols, w.cols, q.data(), d.data(), s.data());
     for (std::size_t r = 0; r < w.rows; ++r) {
       double sum = 0.0;
       for (std::size_t b = 0; b < nb; ++b) {

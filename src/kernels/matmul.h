@@ -38,13 +38,14 @@ bool uses_q8_activations(gguf::TensorType type);
 
 // Scalar definition of what the fast path computes: for Q4_1 and Q8_0 weights,
 //   y[r] = sum over blocks b of  d_w(b) * d_x(b) * sum_j q_w(j) * q_x(j)  [+ m_w(b) * s_x(b)]
-// with x quantized by quantize_activations_q8; the same as matvec_ref for other types.
+// with x quantized by quantize_activations_q8_ref; the same as matvec_ref for other types.
 void matvec_q8_ref(const WeightView& w, const float* x, float* y);
 void matmul_q8_ref(const WeightView& w, const float* x, std::size_t n, float* y);
 
-// Quantizes n floats (a multiple of 32) block by block: d = max|x|/127, q = round-to-nearest-
-// even(x/d) in [-127, 127] (0 where d = 0), s = d * sum(q). q, d and s receive n, n/32 and n/32
-// values.
+// Quantizes n floats (a multiple of 32) block by block: d = max|x|/127, q = x * (1/d) clamped
+// to [-127, 127] and rounded to nearest, ties to even (0 where d = 0), s = d * sum(q). q, d and
+// s receive n, n/32 and n/32 values. The SIMD version is bit-identical to the scalar _ref.
 void quantize_activations_q8(const float* x, std::size_t n, int8_t* q, float* d, float* s);
+void quantize_activations_q8_ref(const float* x, std::size_t n, int8_t* q, float* d, float* s);
 
 }  // namespace squat::kernels

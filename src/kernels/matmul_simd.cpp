@@ -191,14 +191,16 @@ HWY_INLINE void QuantTile(const uint8_t* const* rows, const float* scale, const 
                           const float* const* xs, std::size_t nb, std::size_t nbp,
                           const int8_t* const* xq, float* out /* [RW][RX] */) {
   __m256 acc[RW][RX];
-  for (int r = 0; r < RW; ++r) {
-    for (int c = 0; c < RX; ++c) {
-      acc[r][c] = _mm256_setzero_ps();
-      if constexpr (F::kHasMin) {
-        for (std::size_t b = 0; b < nbp; b += 8) {
-          acc[r][c] = _mm256_fmadd_ps(_mm256_loadu_ps(mw + r * nbp + b), _mm256_loadu_ps(xs[c] + b),
-                                      acc[r][c]);
-        }
+  for (int r = 0; r < RW; ++r)
+    for (int c = 0; c < RX; ++c) acc[r][c] = _mm256_setzero_ps();
+  if constexpr (F::kHasMin) {
+    // b outermost so the RW*RX accumulation chains overlap.
+    for (std::size_t b = 0; b < nbp; b += 8) {
+      __m256 m[RW];
+      for (int r = 0; r < RW; ++r) m[r] = _mm256_loadu_ps(mw + r * nbp + b);
+      for (int c = 0; c < RX; ++c) {
+        const __m256 sv = _mm256_loadu_ps(xs[c] + b);
+        for (int r = 0; r < RW; ++r) acc[r][c] = _mm256_fmadd_ps(m[r], sv, acc[r][c]);
       }
     }
   }
@@ -320,6 +322,38 @@ void Q8RowsImpl(TensorType type, const uint8_t* w, std::size_t row_bytes, std::s
     QuantRows<Q4_1Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
   } else {
     QuantRows<Q8_0Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
+  }
+}
+
+// ---- activation quantization ----
+
+// Vector form of quantize_activations_q8_ref, bit-identical to it: same float operations per
+// element, and NearestInt rounds to nearest even like the scalar 1.5 * 2^23 trick.
+void QuantizeQ8Impl(const float* HWY_RESTRICT x, std::size_t n, int8_t* HWY_RESTRICT q,
+                    float* HWY_RESTRICT d, float* HWY_RESTRICT s) {
+  const hn::CappedTag<float, 16> df;  // divides the block of 32
+  const hn::RebindToSigned<decltype(df)> di;
+  const hn::Rebind<int8_t, decltype(df)> d8;
+  const std::size_t N = hn::Lanes(df);
+  const auto hi = hn::Set(df, 127.0f), lo = hn::Set(df, -127.0f);
+  for (std::size_t b = 0; b < n / 32; ++b) {
+    const float* xb = x + 32 * b;
+    auto vmax = hn::Zero(df);
+    for (std::size_t k = 0; k < 32; k += N) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, xb + k)));
+    const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
+    const float scale = amax / 127.0f;
+    const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+    const auto vinv = hn::Set(df, inv);
+    auto vsum = hn::Zero(di);
+    for (std::size_t k = 0; k < 32; k += N) {
+      auto v = hn::Mul(hn::LoadU(df, xb + k), vinv);
+      v = hn::Max(hn::Min(v, hi), lo);
+      const auto r = hn::NearestInt(v);
+      vsum = hn::Add(vsum, r);
+      hn::StoreU(hn::DemoteTo(d8, r), d8, q + 32 * b + k);
+    }
+    d[b] = scale;
+    s[b] = scale * float(hn::GetLane(hn::SumOfLanes(di, vsum)));
   }
 }
 
@@ -464,6 +498,7 @@ void guard_simd_targets() {
 #endif
 }
 HWY_EXPORT(FloatRowsImpl);
+HWY_EXPORT(QuantizeQ8Impl);
 HWY_EXPORT(F16RowsVecImpl);
 HWY_EXPORT(F16ToF32Impl);
 
@@ -481,6 +516,10 @@ void float_rows(const float* w, std::size_t w_stride, std::size_t nrows, const f
 void f16_rows_vec(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::size_t r1,
                   const float* x, std::size_t cols, float* y) {
   HWY_DYNAMIC_DISPATCH(F16RowsVecImpl)(w, row_bytes, r0, r1, x, cols, y);
+}
+
+void quantize_q8(const float* x, std::size_t n, int8_t* q, float* d, float* s) {
+  HWY_DYNAMIC_DISPATCH(QuantizeQ8Impl)(x, n, q, d, s);
 }
 
 void f16_to_f32(const uint8_t* src, float* dst, std::size_t count) {

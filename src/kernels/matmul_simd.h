@@ -41,6 +41,9 @@ void f16_rows_vec(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::
 // 1.0.3 target string lets the compiler emit either. Call before the first dispatch (cheap).
 void guard_simd_targets();
 
+// SIMD quantize_activations_q8 (bit-identical to quantize_activations_q8_ref).
+void quantize_q8(const float* x, std::size_t n, int8_t* q, float* d, float* s);
+
 // count fp16 values to float.
 void f16_to_f32(const uint8_t* src, float* dst, std::size_t count);
 

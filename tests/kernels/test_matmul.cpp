@@ -261,7 +261,7 @@ TEST(Matmul, QuantizeActivations) {
   x[0] = 127.0f, x[1] = -63.5f, x[2] = 0.5f, x[3] = 1.5f, x[4] = 2.5f, x[5] = -0.4f;
   std::vector<int8_t> q(64);
   float d[2], s[2];
-  quantize_activations_q8(x.data(), 64, q.data(), d, s);
+  quantize_activations_q8_ref(x.data(), 64, q.data(), d, s);
   EXPECT_EQ(d[0], 1.0f);
   // Ties go to even: -63.5 -> -64, 0.5 -> 0, 1.5 -> 2, 2.5 -> 2.
   EXPECT_EQ(std::vector<int>(q.begin(), q.begin() + 7),
@@ -270,6 +270,29 @@ TEST(Matmul, QuantizeActivations) {
   EXPECT_EQ(d[1], 0.0f);  // all-zero block
   EXPECT_EQ(s[1], 0.0f);
   for (int j = 32; j < 64; ++j) EXPECT_EQ(q[j], 0);
+}
+
+TEST(Matmul, QuantizeActivationsSimdIsBitIdentical) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const std::size_t n = 32 * 40;
+  std::vector<float> x(n);
+  for (auto& v : x) v = normal(rng);
+  for (int j = 0; j < 32; ++j) x[j] = float(j) - 15.5f;  // block 0: amax 16.5, many ties
+  for (int j = 0; j < 32; ++j) x[32 + j] = float(2 * j - 31) * 2.0f;
+  std::fill(x.begin() + 64, x.begin() + 96, 0.0f);
+  for (int j = 0; j < 32; ++j) x[96 + j] *= 1e30f;
+  for (int j = 0; j < 32; ++j) x[128 + j] *= 1e-30f;
+  x[160] = 1e4f;  // one outlier: the rest of its block rounds to 0
+  for_each_simd_target([&] {
+    std::vector<int8_t> q(n, 99), q_ref(n, -99);
+    std::vector<float> d(n / 32, NAN), s(n / 32, NAN), d_ref(n / 32), s_ref(n / 32);
+    quantize_activations_q8(x.data(), n, q.data(), d.data(), s.data());
+    quantize_activations_q8_ref(x.data(), n, q_ref.data(), d_ref.data(), s_ref.data());
+    EXPECT_EQ(q, q_ref);
+    EXPECT_EQ(d, d_ref);
+    EXPECT_EQ(s, s_ref);
+  });
 }
 
 TEST(Matmul, RejectsMalformedViews) {
