@@ -69,7 +69,7 @@ void run_rows(const Call& c, std::size_t r0, std::size_t r1) {
   switch (w.type) {
     case TensorType::Q4_1:
     case TensorType::Q8_0: {
-      float* scratch = grow(t_scratch, 24 * c.xq.nbp);
+      float* scratch = grow(t_scratch, 60 * c.xq.nbp);
       detail::q8_rows(w.type, w.data, w.row_bytes, r0, r1, c.xq, c.n, c.y, w.rows, scratch);
       return;
     }

@@ -252,6 +252,140 @@ HWY_INLINE void QuantTile(const uint8_t* const* rows, const float* scale, const 
 
 #endif  // SQUAT_X86_INT8
 
+#if SQUAT_VNNI
+// AVX-512 VNNI: two weight rows share one 512-bit vector ([row 2p | row 2p+1], 256 bits each)
+// against x broadcast to both halves, so each vpdpbusd/convert/scale covers two (row, x) pairs.
+#define SQUAT_ZMM_PAIRS 1
+
+// Per row pair p: dwx[(p*nbp + b)*16] = [dw(2p, b) x8 | dw(2p+1, b) x8], and
+// mwx[(p*nbp/8 + k)*16] = [mw(2p, 8k..8k+7) | mw(2p+1, 8k..8k+7)].
+HWY_INLINE void ExpandPairScales(const float* dw, const float* mw, std::size_t nb, std::size_t nbp,
+                                 bool has_min, float* dwx, float* mwx) {
+  for (int p = 0; p < 2; ++p) {
+    const float* d0 = dw + 2 * p * nbp;
+    const float* d1 = d0 + nbp;
+    for (std::size_t b = 0; b < nb; ++b) {
+      const __m512 v = _mm512_insertf32x8(_mm512_set1_ps(d0[b]), _mm256_set1_ps(d1[b]), 1);
+      _mm512_storeu_ps(dwx + (p * nbp + b) * 16, v);
+    }
+    if (!has_min) continue;
+    const float* m0 = mw + 2 * p * nbp;
+    const float* m1 = m0 + nbp;
+    for (std::size_t k = 0; k < nbp / 8; ++k) {
+      const __m512 v = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(m0 + 8 * k)),
+                                          _mm256_loadu_ps(m1 + 8 * k), 1);
+      _mm512_storeu_ps(mwx + (p * nbp / 8 + k) * 16, v);
+    }
+  }
+}
+
+// Blocks b of two rows as one vector. Q4_1: unsigned nibbles, each half [low | high nibbles].
+// Q8_0: signed weights plus the accumulator start -128 * (4-element sums of w), for the
+// (x + 128) * w form.
+struct PairBlock {
+  __m512i w;
+  __m512i init;
+};
+
+template <class F>
+HWY_INLINE PairBlock LoadPairBlock(const uint8_t* b0, const uint8_t* b1) {
+  if constexpr (F::kHasMin) {
+    const __m128i v0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 4));
+    const __m128i v1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b1 + 4));
+    const __m256i a = _mm256_inserti128_si256(_mm256_castsi128_si256(v0), v1, 1);
+    const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(a), _mm256_srli_epi16(a, 4), 1);
+    // [v0, v1, v0>>4, v1>>4] -> [v0, v0>>4, v1, v1>>4]
+    const __m512i ordered = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+    return {_mm512_and_si512(ordered, _mm512_set1_epi8(0x0f)), _mm512_setzero_si512()};
+  } else {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 2));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b1 + 2));
+    const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
+    const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), w);
+    return {w, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sums, 7))};
+  }
+}
+
+HWY_INLINE float HSum512Half(__m512 v, int half) {
+  return HSum(half == 0 ? _mm512_castps512_ps256(v) : _mm512_extractf32x8_ps(v, 1));
+}
+
+// Rows 0..3 of `rows` times RX x rows: out[r*RX + c].
+template <class F, int RX>
+HWY_INLINE void QuantTilePairs(const uint8_t* const* rows, const float* dwx, const float* mwx,
+                               const Q8Rows& x, std::size_t i0, float* out) {
+  const std::size_t nb = x.nb, nbp = x.nbp;
+  const int8_t* xq[RX];
+  const float* xd[RX];
+  const float* xs[RX];
+  for (int c = 0; c < RX; ++c) {
+    xq[c] = x.q + (i0 + c) * x.cols;
+    xd[c] = x.d + (i0 + c) * x.nb;
+    xs[c] = x.s + (i0 + c) * x.nbp;
+  }
+  __m512 acc[2][RX];
+  for (int p = 0; p < 2; ++p)
+    for (int c = 0; c < RX; ++c) acc[p][c] = _mm512_setzero_ps();
+  if constexpr (F::kHasMin) {
+    for (std::size_t k = 0; k < nbp / 8; ++k) {
+      const __m512 m0 = _mm512_loadu_ps(mwx + k * 16);
+      const __m512 m1 = _mm512_loadu_ps(mwx + (nbp / 8 + k) * 16);
+      for (int c = 0; c < RX; ++c) {
+        const __m512 sv = _mm512_broadcast_f32x8(_mm256_loadu_ps(xs[c] + 8 * k));
+        acc[0][c] = _mm512_fmadd_ps(m0, sv, acc[0][c]);
+        acc[1][c] = _mm512_fmadd_ps(m1, sv, acc[1][c]);
+      }
+    }
+  }
+  const __m512i bias = _mm512_set1_epi8(char(0x80));
+  for (std::size_t b = 0; b < nb; ++b) {
+    const PairBlock w0 = LoadPairBlock<F>(rows[0] + b * F::kBytes, rows[1] + b * F::kBytes);
+    const PairBlock w1 = LoadPairBlock<F>(rows[2] + b * F::kBytes, rows[3] + b * F::kBytes);
+    const __m512 s0 = _mm512_loadu_ps(dwx + b * 16);
+    const __m512 s1 = _mm512_loadu_ps(dwx + (nbp + b) * 16);
+    for (int c = 0; c < RX; ++c) {
+      __m512i xv = _mm512_broadcast_i64x4(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[c] + 32 * b)));
+      const __m512 dx = _mm512_set1_ps(xd[c][b]);
+      __m512i i0v, i1v;
+      if constexpr (F::kHasMin) {
+        i0v = _mm512_dpbusd_epi32(w0.init, w0.w, xv);
+        i1v = _mm512_dpbusd_epi32(w1.init, w1.w, xv);
+      } else {
+        xv = _mm512_xor_si512(xv, bias);
+        i0v = _mm512_dpbusd_epi32(w0.init, xv, w0.w);
+        i1v = _mm512_dpbusd_epi32(w1.init, xv, w1.w);
+      }
+      acc[0][c] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(i0v), dx), s0, acc[0][c]);
+      acc[1][c] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(i1v), dx), s1, acc[1][c]);
+    }
+  }
+  for (int p = 0; p < 2; ++p) {
+    for (int c = 0; c < RX; ++c) {
+      out[(2 * p) * RX + c] = HSum512Half(acc[p][c], 0);
+      out[(2 * p + 1) * RX + c] = HSum512Half(acc[p][c], 1);
+    }
+  }
+}
+
+template <class F>
+HWY_INLINE void QuantTilePairsAnyX(const uint8_t* const* rows, const float* dwx, const float* mwx,
+                                   const Q8Rows& x, std::size_t i0, int rx, float* out) {
+  switch (rx) {
+    case 1:
+      return QuantTilePairs<F, 1>(rows, dwx, mwx, x, i0, out);
+    case 2:
+      return QuantTilePairs<F, 2>(rows, dwx, mwx, x, i0, out);
+    case 3:
+      return QuantTilePairs<F, 3>(rows, dwx, mwx, x, i0, out);
+    default:
+      return QuantTilePairs<F, 4>(rows, dwx, mwx, x, i0, out);
+  }
+}
+#else
+#define SQUAT_ZMM_PAIRS 0
+#endif  // SQUAT_VNNI
+
 template <class F, int RW, int RX>
 HWY_INLINE void QuantTileScaled(const uint8_t* const* rows, const float* dw, const float* mw,
                                 const Q8Rows& x, std::size_t i0, float* scale, float* out) {
@@ -290,6 +424,9 @@ void QuantRows(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::siz
   float* dw = scratch;
   float* mw = scratch + kRW * nbp;
   float* scale = scratch + 2 * kRW * nbp;  // kRW * kRX * nbp
+  float* dwx = scale + kRW * kRX * nbp;    // 2 * 16 * nbp (pair path)
+  float* mwx = dwx + 32 * nbp;             // 2 * 2 * nbp
+  (void)dwx, (void)mwx;
   // Keep the slice of quantized x rows that each weight tile sweeps within L2.
   const std::size_t x_chunk = std::max<std::size_t>(kRX, (256 * 1024 / (x.cols + 8)) / kRX * kRX);
   for (std::size_t i_begin = 0; i_begin < n; i_begin += x_chunk) {
@@ -299,10 +436,17 @@ void QuantRows(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::siz
       const uint8_t* rows[kRW];
       for (int k = 0; k < rw; ++k) rows[k] = w + (r + k) * row_bytes;
       GatherScales<F>(rows, rw, nb, nbp, dw, mw);
+#if SQUAT_ZMM_PAIRS
+      if (rw == kRW) ExpandPairScales(dw, mw, nb, nbp, F::kHasMin, dwx, mwx);
+#endif
       for (std::size_t i = i_begin; i < i_end; i += kRX) {
         const int rx = int(std::min<std::size_t>(kRX, i_end - i));
         float out[kRW * kRX];
-        if (rw == kRW) {
+        if (SQUAT_ZMM_PAIRS && rw == kRW) {
+#if SQUAT_ZMM_PAIRS
+          QuantTilePairsAnyX<F>(rows, dwx, mwx, x, i, rx, out);
+#endif
+        } else if (rw == kRW) {
           QuantTileAnyX<F, kRW>(rows, dw, mw, x, i, rx, scale, out);
         } else {
           QuantTileAnyX<F, 1>(rows, dw, mw, x, i, rx, scale, out);
@@ -484,6 +628,7 @@ HWY_AFTER_NAMESPACE();
 
 #undef SQUAT_VNNI
 #undef SQUAT_X86_INT8
+#undef SQUAT_ZMM_PAIRS
 
 #if HWY_ONCE
 namespace squat::kernels::detail {

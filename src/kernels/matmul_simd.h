@@ -23,7 +23,7 @@ struct Q8Rows {
 inline std::size_t padded_blocks(std::size_t nb) { return (nb + 7) / 8 * 8; }
 
 // Q4_1 or Q8_0 weight rows [r0, r1) against n quantized x rows: y[i*ldy + r].
-// scratch: at least 24 * nbp floats.
+// scratch: at least 60 * nbp floats.
 void q8_rows(gguf::TensorType type, const uint8_t* w, std::size_t row_bytes, std::size_t r0,
              std::size_t r1, const Q8Rows& x, std::size_t n, float* y, std::size_t ldy,
              float* scratch);
