@@ -12,9 +12,13 @@
 //    first). A group of n codes takes ceil(n*b/8) bytes.
 //  - Layouts of a quantized [n, d] chunk:
 //      PerChannel: for each channel, `group_size` consecutive tokens form a group (n % G == 0).
-//                  Groups are ordered (token group, channel): group index = tg*d + c.
+//                  Groups (scale, min) are ordered (token group, channel): index = tg*d + c.
+//                  Codes are packed token-major: token t's d codes fill packed_bytes(d, b)
+//                  bytes (a group's scale/min are shared by all its tokens, so a token row
+//                  dequantizes as codes * scale[c] + min[c] with vector loads).
 //      PerToken:   for each token, `group_size` consecutive channels form a group (d % G == 0).
-//                  Groups are ordered (token, channel group): group index = t*(d/G) + cg.
+//                  Groups are ordered (token, channel group): index = t*(d/G) + cg, and each
+//                  group's G codes fill packed_bytes(G, b) bytes.
 #pragma once
 
 #include <cstddef>
@@ -54,15 +58,19 @@ struct QuantizedChunk {
   int group_size = 32;
   GroupLayout layout = GroupLayout::PerChannel;
   ParamType param_type = ParamType::F16;
-  std::vector<uint8_t> codes;  // n_groups() * packed_bytes(group_size, bits)
+  std::vector<uint8_t> codes;  // codes_bytes()
   std::vector<float> scale;    // n_groups(), already rounded to param_type
   std::vector<float> min;      // n_groups(), already rounded to param_type
 
   std::size_t n_groups() const { return n * d / std::size_t(group_size); }
   std::size_t group_bytes() const { return packed_bytes(std::size_t(group_size), bits); }
+  std::size_t codes_bytes() const {
+    return layout == GroupLayout::PerChannel ? n * packed_bytes(d, bits)
+                                             : n_groups() * group_bytes();
+  }
   // Bytes this chunk occupies with codes packed and params in param_type.
   std::size_t storage_bytes() const {
-    return n_groups() * (group_bytes() + 2 * std::size_t(param_bytes(param_type)));
+    return codes_bytes() + n_groups() * 2 * std::size_t(param_bytes(param_type));
   }
   // Unpacked code of element (t, c).
   uint8_t code(std::size_t t, std::size_t c) const;

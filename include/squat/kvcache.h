@@ -71,7 +71,10 @@ struct RopeSpec {
 // Rotates one head vector in place (the convention used for pre-RoPE keys).
 void rope_rotate(float* x, int head_dim, int position, const float* inv_freq, RopeLayout layout);
 
-// cos/sin per position, grown on demand; shared by all layers of a cache.
+// cos/sin per position, grown on demand; shared by all layers of a cache. Rows are stored
+// expanded to head_dim entries so a rotation is x' = x * C + partner(x) * S with
+// partner = the other element of the pair (C = cos at both, S = -sin at the first, +sin at the
+// second element of each pair).
 class RopeTable {
  public:
   explicit RopeTable(RopeSpec spec);
@@ -80,15 +83,15 @@ class RopeTable {
   int half() const { return half_; }
   RopeLayout layout() const { return spec_.layout; }
   const RopeSpec& spec() const { return spec_; }
-  const float* cos_row(std::size_t pos) const { return cos_.data() + pos * std::size_t(half_); }
-  const float* sin_row(std::size_t pos) const { return sin_.data() + pos * std::size_t(half_); }
-  void rotate(float* x, std::size_t pos) const;  // same result as rope_rotate
+  const float* c_row(std::size_t pos) const { return c_.data() + pos * std::size_t(2 * half_); }
+  const float* s_row(std::size_t pos) const { return s_.data() + pos * std::size_t(2 * half_); }
+  void rotate(float* x, std::size_t pos) const;  // same result as rope_rotate up to rounding
 
  private:
   RopeSpec spec_;
   int half_ = 0;
   std::size_t n_ = 0;
-  std::vector<float> cos_, sin_;
+  std::vector<float> c_, s_;
 };
 
 // In-place normalized Walsh-Hadamard transform (n a power of two); its own inverse.

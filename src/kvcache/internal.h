@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/fp16.h"
+#include "kvcache/simd.h"
 #include "squat/kv_quant.h"
 
 namespace squat::kv::detail {
@@ -19,9 +20,8 @@ void init_chunk(QuantizedChunk& q, std::size_t n, std::size_t d, int bits, int g
 void quantize_columns(const float* x, std::size_t ld, std::size_t c0, std::size_t c1,
                       QuantizedChunk& q, float* xhat, std::size_t ldh);
 
-// Fast unpack + dequantize of n packed codes: out[i] = code_i * scale + min.
-void dequant_packed(const uint8_t* packed, std::size_t n, int bits, float scale, float min,
-                    float* out);
+// Fast unpack of n packed codes to floats (table lookup per byte): out[i] = float(code_i).
+void unpack_to_float(const uint8_t* packed, std::size_t n, int bits, float* out);
 
 // A growable array of floats stored as fp16 or fp32 (bytes counted exactly).
 class FloatStore {
@@ -40,7 +40,7 @@ class FloatStore {
   float get(std::size_t i) const { return f16_ ? fp16_to_float(h_[i]) : f_[i]; }
   void get(std::size_t i, std::size_t n, float* out) const {
     if (f16_) {
-      for (std::size_t j = 0; j < n; ++j) out[j] = fp16_to_float(h_[i + j]);
+      simd::f16_to_f32(h_.data() + i, n, out);
     } else {
       std::memcpy(out, f_.data() + i, n * sizeof(float));
     }

@@ -35,13 +35,10 @@ float round_param(float x, ParamType p) {
   return p == ParamType::F16 ? fp16_to_float(float_to_fp16(x)) : x;
 }
 
-void quantize_group(const float* x, std::size_t n, std::size_t stride, int bits, ParamType p,
-                    uint8_t* codes, float* scale_out, float* min_out) {
-  float mn = x[0], mx = x[0];
-  for (std::size_t i = 1; i < n; ++i) {
-    mn = std::min(mn, x[i * stride]);
-    mx = std::max(mx, x[i * stride]);
-  }
+namespace {
+
+// Stored scale and min of a group with range [mn, mx] (SQUAT.md §1; see kv_quant.h for fp16).
+void group_params(float mn, float mx, int bits, ParamType p, float* scale_out, float* min_out) {
   const int levels = (1 << bits) - 1;
   float scale = (mx - mn) / float(levels);
   float m = mn;
@@ -60,16 +57,34 @@ void quantize_group(const float* x, std::size_t n, std::size_t stride, int bits,
   }
   *scale_out = scale;
   *min_out = m;
+}
+
+// Code of x on the stored grid: clamp, then round half to even by adding and subtracting 2^23
+// (exact for 0 <= y < 2^23 in the default rounding mode; same as nearbyint, vectorizable).
+inline uint8_t code_of(float x, float scale, float m, float levels) {
+  const float y = std::clamp((x - m) / scale, 0.0f, levels);
+  return uint8_t((y + 8388608.0f) - 8388608.0f);
+}
+
+}  // namespace
+
+void quantize_group(const float* x, std::size_t n, std::size_t stride, int bits, ParamType p,
+                    uint8_t* codes, float* scale_out, float* min_out) {
+  float mn = x[0], mx = x[0];
+  for (std::size_t i = 1; i < n; ++i) {
+    mn = std::min(mn, x[i * stride]);
+    mx = std::max(mx, x[i * stride]);
+  }
+  float scale, m;
+  group_params(mn, mx, bits, p, &scale, &m);
+  *scale_out = scale;
+  *min_out = m;
   if (scale == 0.0f) {
     std::fill(codes, codes + n, uint8_t(0));
     return;
   }
-  const float fl = float(levels);
-  for (std::size_t i = 0; i < n; ++i) {
-    float c = std::nearbyint((x[i * stride] - m) / scale);
-    c = std::clamp(c, 0.0f, fl);
-    codes[i] = uint8_t(c);
-  }
+  const float fl = float((1 << bits) - 1);
+  for (std::size_t i = 0; i < n; ++i) codes[i] = code_of(x[i * stride], scale, m, fl);
 }
 
 void pack_codes(const uint8_t* codes, std::size_t n, int bits, uint8_t* out) {
@@ -99,16 +114,18 @@ void unpack_codes(const uint8_t* packed, std::size_t n, int bits, uint8_t* codes
 }
 
 uint8_t QuantizedChunk::code(std::size_t t, std::size_t c) const {
-  std::size_t group, index;
+  const uint8_t* base;
+  std::size_t index;
   if (layout == GroupLayout::PerChannel) {
-    group = (t / std::size_t(group_size)) * d + c;
-    index = t % std::size_t(group_size);
+    base = codes.data() + t * packed_bytes(d, bits);
+    index = c;
   } else {
-    group = t * (d / std::size_t(group_size)) + c / std::size_t(group_size);
+    const std::size_t group = t * (d / std::size_t(group_size)) + c / std::size_t(group_size);
+    base = codes.data() + group * group_bytes();
     index = c % std::size_t(group_size);
   }
   const std::size_t bit = index * std::size_t(bits);
-  const uint8_t byte = codes[group * group_bytes() + bit / 8];
+  const uint8_t byte = base[bit / 8];
   if (bits == 8) return byte;
   return uint8_t((byte >> (bit % 8)) & ((1u << bits) - 1u));
 }
@@ -138,32 +155,57 @@ void init_chunk(QuantizedChunk& q, std::size_t n, std::size_t d, int bits, int g
   q.group_size = group_size;
   q.layout = layout;
   q.param_type = p;
-  q.codes.assign(q.n_groups() * q.group_bytes(), 0);
+  q.codes.assign(q.codes_bytes(), 0);
   q.scale.assign(q.n_groups(), 0.0f);
   q.min.assign(q.n_groups(), 0.0f);
 }
 
 void quantize_columns(const float* x, std::size_t ld, std::size_t c0, std::size_t c1,
                       QuantizedChunk& q, float* xhat, std::size_t ldh) {
-  const std::size_t G = std::size_t(q.group_size);
-  uint8_t codes[256];
-  std::vector<uint8_t> big;
-  uint8_t* cbuf = codes;
-  if (G > sizeof codes) {
-    big.resize(G);
-    cbuf = big.data();
-  }
+  const std::size_t G = std::size_t(q.group_size), w = c1 - c0;
+  const float levels = float((1 << q.bits) - 1);
+  std::vector<uint8_t> raw(std::max(G, w));
   if (q.layout == GroupLayout::PerChannel) {
+    // Vectorized across channels: min/max, params, then codes row by row, OR-packed into the
+    // token rows (bits of neighbouring column blocks may share a byte).
+    std::vector<float> mn(w), mx(w), sc(w), mi(w), safe(w);
+    const std::size_t rb = packed_bytes(q.d, q.bits);
     for (std::size_t tg = 0; tg < q.n / G; ++tg) {
-      for (std::size_t c = c0; c < c1; ++c) {
-        const std::size_t g = tg * q.d + c;
-        quantize_group(x + tg * G * ld + c, G, ld, q.bits, q.param_type, cbuf, &q.scale[g],
-                       &q.min[g]);
-        pack_codes(cbuf, G, q.bits, q.codes.data() + g * q.group_bytes());
-        if (xhat) {
-          for (std::size_t i = 0; i < G; ++i) {
-            xhat[(tg * G + i) * ldh + (c - c0)] = float(cbuf[i]) * q.scale[g] + q.min[g];
+      const float* xg = x + tg * G * ld + c0;
+      std::copy(xg, xg + w, mn.begin());
+      std::copy(xg, xg + w, mx.begin());
+      for (std::size_t i = 1; i < G; ++i) {
+        const float* row = xg + i * ld;
+        for (std::size_t c = 0; c < w; ++c) {
+          mn[c] = std::min(mn[c], row[c]);
+          mx[c] = std::max(mx[c], row[c]);
+        }
+      }
+      for (std::size_t c = 0; c < w; ++c) {
+        const std::size_t g = tg * q.d + c0 + c;
+        group_params(mn[c], mx[c], q.bits, q.param_type, &q.scale[g], &q.min[g]);
+        sc[c] = q.scale[g];
+        mi[c] = q.min[g];
+        safe[c] = sc[c] == 0.0f ? 1.0f : sc[c];
+      }
+      for (std::size_t i = 0; i < G; ++i) {
+        const std::size_t t = tg * G + i;
+        const float* row = xg + i * ld;
+        for (std::size_t c = 0; c < w; ++c) {
+          raw[c] = sc[c] == 0.0f ? uint8_t(0) : code_of(row[c], safe[c], mi[c], levels);
+        }
+        uint8_t* dst = q.codes.data() + t * rb;
+        if (q.bits == 8) {
+          std::copy(raw.begin(), raw.begin() + std::ptrdiff_t(w), dst + c0);
+        } else {
+          for (std::size_t c = 0; c < w; ++c) {
+            const std::size_t bit = (c0 + c) * std::size_t(q.bits);
+            dst[bit / 8] = uint8_t(dst[bit / 8] | (raw[c] << (bit % 8)));
           }
+        }
+        if (xhat) {
+          float* h = xhat + t * ldh;
+          for (std::size_t c = 0; c < w; ++c) h[c] = float(raw[c]) * sc[c] + mi[c];
         }
       }
     }
@@ -172,11 +214,12 @@ void quantize_columns(const float* x, std::size_t ld, std::size_t c0, std::size_
     for (std::size_t t = 0; t < q.n; ++t) {
       for (std::size_t c = c0; c < c1; c += G) {
         const std::size_t g = t * groups_per_row + c / G;
-        quantize_group(x + t * ld + c, G, 1, q.bits, q.param_type, cbuf, &q.scale[g], &q.min[g]);
-        pack_codes(cbuf, G, q.bits, q.codes.data() + g * q.group_bytes());
+        quantize_group(x + t * ld + c, G, 1, q.bits, q.param_type, raw.data(), &q.scale[g],
+                       &q.min[g]);
+        pack_codes(raw.data(), G, q.bits, q.codes.data() + g * q.group_bytes());
         if (xhat) {
           for (std::size_t i = 0; i < G; ++i) {
-            xhat[t * ldh + (c - c0) + i] = float(cbuf[i]) * q.scale[g] + q.min[g];
+            xhat[t * ldh + (c - c0) + i] = float(raw[i]) * q.scale[g] + q.min[g];
           }
         }
       }

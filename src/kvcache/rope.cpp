@@ -30,35 +30,41 @@ RopeTable::RopeTable(RopeSpec spec) : spec_(std::move(spec)), half_(int(spec_.in
 
 void RopeTable::ensure(std::size_t n_positions) {
   if (n_positions <= n_) return;
-  std::size_t cap = std::max(n_positions, n_ * 2);
-  cos_.resize(cap * std::size_t(half_));
-  sin_.resize(cap * std::size_t(half_));
+  const std::size_t cap = std::max(n_positions, n_ * 2), D = std::size_t(2 * half_);
+  c_.resize(cap * D);
+  s_.resize(cap * D);
   for (std::size_t p = n_; p < cap; ++p) {
+    float* c = c_.data() + p * D;
+    float* s = s_.data() + p * D;
     for (int i = 0; i < half_; ++i) {
       const float angle = float(p) * spec_.inv_freq[std::size_t(i)];
-      cos_[p * std::size_t(half_) + std::size_t(i)] = std::cos(angle);
-      sin_[p * std::size_t(half_) + std::size_t(i)] = std::sin(angle);
+      const float cv = std::cos(angle), sv = std::sin(angle);
+      const std::size_t a =
+          spec_.layout == RopeLayout::Normal ? std::size_t(2 * i) : std::size_t(i);
+      const std::size_t b = spec_.layout == RopeLayout::Normal ? a + 1 : a + std::size_t(half_);
+      c[a] = c[b] = cv;
+      s[a] = -sv;
+      s[b] = sv;
     }
   }
   n_ = cap;
 }
 
 void RopeTable::rotate(float* x, std::size_t pos) const {
-  const float* c = cos_row(pos);
-  const float* s = sin_row(pos);
+  const float* c = c_row(pos);
+  const float* s = s_row(pos);
+  const std::size_t h = std::size_t(half_);
   if (spec_.layout == RopeLayout::Neox) {
-    float* xa = x;
-    float* xb = x + half_;
-    for (int i = 0; i < half_; ++i) {
-      const float a = xa[i], b = xb[i];
-      xa[i] = a * c[i] - b * s[i];
-      xb[i] = a * s[i] + b * c[i];
+    for (std::size_t i = 0; i < h; ++i) {
+      const float a = x[i], b = x[i + h];
+      x[i] = a * c[i] + b * s[i];
+      x[i + h] = b * c[i + h] + a * s[i + h];
     }
   } else {
-    for (int i = 0; i < half_; ++i) {
+    for (std::size_t i = 0; i < h; ++i) {
       const float a = x[2 * i], b = x[2 * i + 1];
-      x[2 * i] = a * c[i] - b * s[i];
-      x[2 * i + 1] = a * s[i] + b * c[i];
+      x[2 * i] = a * c[2 * i] + b * s[2 * i];
+      x[2 * i + 1] = b * c[2 * i + 1] + a * s[2 * i + 1];
     }
   }
 }
@@ -94,8 +100,7 @@ const Luts kLuts;
 
 }  // namespace
 
-void dequant_packed(const uint8_t* packed, std::size_t n, int bits, float scale, float min,
-                    float* out) {
+void unpack_to_float(const uint8_t* packed, std::size_t n, int bits, float* out) {
   if (bits == 2) {
     const std::size_t full = n / 4;
     for (std::size_t i = 0; i < full; ++i) {
@@ -117,7 +122,6 @@ void dequant_packed(const uint8_t* packed, std::size_t n, int bits, float scale,
   } else {
     for (std::size_t i = 0; i < n; ++i) out[i] = float(packed[i]);
   }
-  for (std::size_t i = 0; i < n; ++i) out[i] = out[i] * scale + min;
 }
 
 }  // namespace detail

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "kvcache/internal.h"
+#include "kvcache/simd.h"
 #include "squat/kv_quant.h"
 
 namespace squat::kv {
@@ -169,8 +170,7 @@ QuantizedChunk squat_quantize_chunk(const float* keys, std::size_t n, std::size_
     if (i == T) break;
     E -= target.middleCols(Eigen::Index(c0), Eigen::Index(g));
     const std::size_t F = i * g;
-    Eigen::Map<const MatF> W(state.w(int(i)).data(), Eigen::Index(g), Eigen::Index(d - F));
-    target.rightCols(Eigen::Index(d - F)).noalias() += E * W;
+    simd::gemm_acc(E.data(), n, g, state.w(int(i)).data(), d - F, target.data() + F, d);
   }
   return q;
 }

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "kvcache/internal.h"
+#include "kvcache/simd.h"
 #include "squat/kvcache.h"
 
 namespace squat::kv {
@@ -87,6 +88,9 @@ void CacheConfig::validate(int head_dim) const {
         group_size, head_dim);
   }
   if (method == CacheMethod::Int8 || method == CacheMethod::Int4) return;
+  if (head_dim % 4 != 0) {
+    fail_usage("quantized KV caches need head_dim a multiple of 4, got {}", head_dim);
+  }
   for (auto [name, b] : {std::pair<const char*, int>{"k_bits", k_bits}, {"v_bits", v_bits}}) {
     if (b != 2 && b != 4 && b != 8) fail_usage("{} must be 2, 4 or 8, got {}", name, b);
   }
@@ -177,9 +181,9 @@ struct LayerCache::Impl {
   void flush_values(int h, std::size_t rows_to_flush);
   // Token-major floats of tokens [t0, t0+nb) (keys as stored; values in the stored basis).
   void load_keys(int h, std::size_t t0, std::size_t nb, float* out, float* scratch) const;
-  void load_values(int h, std::size_t t0, std::size_t nb, float* out) const;
-  void load_rows(const QuantPart& part, int bits, std::size_t row, std::size_t nb,
-                 float* out) const;
+  void load_values(int h, std::size_t t0, std::size_t nb, float* out, float* scratch) const;
+  void load_rows(const QuantPart& part, int bits, std::size_t row, std::size_t nb, float* out,
+                 float* scratch) const;
 };
 
 LayerCache::LayerCache(const CacheConfig& config, int n_kv_heads, int head_dim,
@@ -283,7 +287,7 @@ void LayerCache::Impl::flush_keys(int h, std::size_t rows) {
   } else {
     q = quantize_chunk(buf.data(), rows, D(), kbits, G, key_layout, cfg.param_type);
   }
-  hs.kq.append(q);
+  hs.kq.append(q);  // per-channel chunks are already token-major rows of codes
   hs.kres.erase_front(rows * D());
 }
 
@@ -369,15 +373,17 @@ double LayerCache::bits_per_element() const {
 // ---- Loading blocks (fast path) -----------------------------------------------------------
 
 void LayerCache::Impl::load_rows(const QuantPart& part, int bits, std::size_t row, std::size_t nb,
-                                 float* out) const {
+                                 float* out, float* scratch) const {
+  // Per-token groups: rows of d/G groups, each group packed in gb(bits) bytes.
   const std::size_t per_row = D() / std::size_t(G), bytes = gb(bits);
-  for (std::size_t t = 0; t < nb; ++t) {
-    for (std::size_t cg = 0; cg < per_row; ++cg) {
-      const std::size_t g = (row + t) * per_row + cg;
-      detail::dequant_packed(part.codes.data() + g * bytes, std::size_t(G), bits, part.scale.get(g),
-                             part.min.get(g), out + t * D() + cg * std::size_t(G));
-    }
+  const std::size_t n_groups = nb * per_row, g0 = row * per_row;
+  for (std::size_t g = 0; g < n_groups; ++g) {
+    detail::unpack_to_float(part.codes.data() + (g0 + g) * bytes, std::size_t(G), bits,
+                            out + g * std::size_t(G));
   }
+  part.scale.get(g0, n_groups, scratch);
+  part.min.get(g0, n_groups, scratch + n_groups);
+  simd::affine_groups(out, n_groups, std::size_t(G), scratch, scratch + n_groups);
 }
 
 void LayerCache::Impl::load_keys(int h, std::size_t t0, std::size_t nb, float* out,
@@ -386,55 +392,41 @@ void LayerCache::Impl::load_keys(int h, std::size_t t0, std::size_t nb, float* o
   std::size_t t = t0;
   const std::size_t end = t0 + nb;
   if (t < n_kq && key_layout == GroupLayout::PerChannel) {
-    // Whole token groups: unpack channel by channel, scatter into token-major rows.
-    const std::size_t Gs = std::size_t(G), bytes = gb(kbits);
+    const std::size_t Gs = std::size_t(G), rb = packed_bytes(D(), kbits);
     while (t < std::min(end, n_kq)) {
-      const std::size_t tg = t / Gs, off = t % Gs;
-      const std::size_t take = std::min({Gs - off, end - t, n_kq - t});
-      for (std::size_t c = 0; c < D(); ++c) {
-        const std::size_t g = tg * D() + c;
-        detail::dequant_packed(hs.kq.codes.data() + g * bytes, Gs, kbits, hs.kq.scale.get(g),
-                               hs.kq.min.get(g), scratch);
-        for (std::size_t i = 0; i < take; ++i) out[(t - t0 + i) * D() + c] = scratch[off + i];
+      const std::size_t tg = t / Gs;
+      const std::size_t take = std::min({(tg + 1) * Gs - t, end - t, n_kq - t});
+      float* dst = out + (t - t0) * D();
+      for (std::size_t i = 0; i < take; ++i) {
+        detail::unpack_to_float(hs.kq.codes.data() + (t + i) * rb, D(), kbits, dst + i * D());
       }
+      hs.kq.scale.get(tg * D(), D(), scratch);
+      hs.kq.min.get(tg * D(), D(), scratch + D());
+      simd::affine_channels(dst, take, D(), scratch, scratch + D());
       t += take;
     }
   } else if (t < n_kq) {
     const std::size_t take = std::min(end, n_kq) - t;
-    load_rows(hs.kq, kbits, t, take, out);
+    load_rows(hs.kq, kbits, t, take, out, scratch);
     t += take;
   }
   if (t < end) hs.kres.get((t - n_kq) * D(), (end - t) * D(), out + (t - t0) * D());
 }
 
-void LayerCache::Impl::load_values(int h, std::size_t t0, std::size_t nb, float* out) const {
+void LayerCache::Impl::load_values(int h, std::size_t t0, std::size_t nb, float* out,
+                                   float* scratch) const {
   const HeadStore& hs = heads[std::size_t(h)];
   std::size_t t = t0;
   const std::size_t end = t0 + nb;
   if (t < n_vq) {
     const std::size_t take = std::min(end, n_vq) - t;
-    load_rows(hs.vq, vbits, t, take, out);
+    load_rows(hs.vq, vbits, t, take, out, scratch);
     t += take;
   }
   if (t < end) hs.vres.get((t - n_vq) * D(), (end - t) * D(), out + (t - t0) * D());
 }
 
 // ---- Attention -----------------------------------------------------------------------------
-
-namespace {
-// Dot product with 8 independent partial sums so the compiler can vectorize it without
-// reassociation flags.
-inline float dot8(const float* a, const float* b, std::size_t n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (std::size_t j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
-  }
-  float tail = 0.0f;
-  for (; i < n; ++i) tail += a[i] * b[i];
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
-}
-}  // namespace
 
 void LayerCache::attend_head(int kv_head, const float* q, std::size_t n_q, int n_heads,
                              const int* q_pos, float* out) const {
@@ -453,16 +445,15 @@ void LayerCache::attend_head(int kv_head, const float* q, std::size_t n_q, int n
 
   std::vector<float> mx(rows, -std::numeric_limits<float>::infinity()), l(rows, 0.0f);
   std::vector<float> acc(rows * D, 0.0f);
-  std::vector<float> kb(B * D), vb(B * D), s(B), scratch(std::max<std::size_t>(B, m.G));
+  std::vector<float> kb(B * D), vb(B * D), s(B), scratch(2 * std::max(B * D, D));
   const bool pre = m.cfg.key_rope == KeyRope::Pre;
+  const bool neox = pre && m.rope->layout() == RopeLayout::Neox;
 
   for (std::size_t b0 = 0; b0 < limit; b0 += B) {
     const std::size_t nb = std::min(B, limit - b0);
     m.load_keys(kv_head, b0, nb, kb.data(), scratch.data());
-    if (pre) {
-      for (std::size_t t = 0; t < nb; ++t) m.rope->rotate(kb.data() + t * D, b0 + t);
-    }
-    m.load_values(kv_head, b0, nb, vb.data());
+    if (pre) simd::rope_rows(kb.data(), nb, D, m.rope->c_row(b0), m.rope->s_row(b0), neox);
+    m.load_values(kv_head, b0, nb, vb.data(), scratch.data());
     for (std::size_t i = 0; i < n_q; ++i) {
       const long long vis_ll =
           std::min<long long>((long long)nb, (long long)q_pos[i] - (long long)b0 + 1);
@@ -471,26 +462,14 @@ void LayerCache::attend_head(int kv_head, const float* q, std::size_t n_q, int n
       for (int r = 0; r < n_rep; ++r) {
         const std::size_t row = i * std::size_t(n_rep) + std::size_t(r);
         const float* qv = q + (i * std::size_t(n_heads) + std::size_t(kv_head * n_rep + r)) * D;
-        float bmax = -std::numeric_limits<float>::infinity();
-        for (std::size_t t = 0; t < vis; ++t) {
-          const float* kv = kb.data() + t * D;
-          s[t] = dot8(qv, kv, D) * scale;
-          bmax = std::max(bmax, s[t]);
-        }
+        simd::block_logits(qv, kb.data(), vis, D, scale, s.data());
+        float bmax = s[0];
+        for (std::size_t t = 1; t < vis; ++t) bmax = std::max(bmax, s[t]);
         const float m_new = std::max(mx[row], bmax);
         const float corr = std::exp(mx[row] - m_new);  // 0 when mx was -inf
-        float* a = acc.data() + row * D;
-        if (corr != 1.0f) {
-          for (std::size_t c = 0; c < D; ++c) a[c] *= corr;
-        }
-        float lsum = l[row] * corr;
-        for (std::size_t t = 0; t < vis; ++t) {
-          const float p = std::exp(s[t] - m_new);
-          lsum += p;
-          const float* vv = vb.data() + t * D;
-          for (std::size_t c = 0; c < D; ++c) a[c] += p * vv[c];
-        }
-        l[row] = lsum;
+        const float psum = simd::exp_sum(s.data(), vis, m_new);
+        simd::accumulate(acc.data() + row * D, corr, s.data(), vb.data(), vis, D);
+        l[row] = l[row] * corr + psum;
         mx[row] = m_new;
       }
     }
@@ -523,18 +502,21 @@ void LayerCache::dequantize(int kv_head, float* keys, float* values) const {
   const std::size_t D = m.D(), Gs = std::size_t(m.G);
   std::vector<uint8_t> codes(std::max<std::size_t>(Gs, 1));
   // Keys.
+  std::vector<uint8_t> row(D);
   for (std::size_t t = 0; t < m.n_kq; ++t) {
-    for (std::size_t c = 0; c < D; ++c) {
-      std::size_t g, idx;
-      if (m.key_layout == GroupLayout::PerChannel) {
-        g = (t / Gs) * D + c;
-        idx = t % Gs;
-      } else {
-        g = t * (D / Gs) + c / Gs;
-        idx = c % Gs;
+    if (m.key_layout == GroupLayout::PerChannel) {
+      // Token rows of d packed codes; scale/min per (token group, channel).
+      unpack_codes(hs.kq.codes.data() + t * packed_bytes(D, m.kbits), D, m.kbits, row.data());
+      for (std::size_t c = 0; c < D; ++c) {
+        const std::size_t g = (t / Gs) * D + c;
+        keys[t * D + c] = float(row[c]) * hs.kq.scale.get(g) + hs.kq.min.get(g);
       }
-      unpack_codes(hs.kq.codes.data() + g * m.gb(m.kbits), Gs, m.kbits, codes.data());
-      keys[t * D + c] = float(codes[idx]) * hs.kq.scale.get(g) + hs.kq.min.get(g);
+    } else {
+      for (std::size_t c = 0; c < D; ++c) {
+        const std::size_t g = t * (D / Gs) + c / Gs;
+        unpack_codes(hs.kq.codes.data() + g * m.gb(m.kbits), Gs, m.kbits, codes.data());
+        keys[t * D + c] = float(codes[c % Gs]) * hs.kq.scale.get(g) + hs.kq.min.get(g);
+      }
     }
   }
   for (std::size_t t = m.n_kq; t < m.n; ++t)

@@ -130,6 +130,21 @@ TEST(KvQuant, ChunkLayoutsMatchGroupDefinition) {
     EXPECT_EQ(q.storage_bytes(), q.n_groups() * (std::size_t(G) * 4 / 8 + 8));
     std::vector<float> back(n * d);
     dequantize_chunk(q, back.data());
+    // Codes, scale and min of every group equal quantize_group on that group alone.
+    for (std::size_t g = 0; g < q.n_groups(); ++g) {
+      std::vector<uint8_t> codes(static_cast<std::size_t>(G));
+      float sc, mn;
+      const bool pc = layout == GroupLayout::PerChannel;
+      const std::size_t t0 = pc ? (g / d) * std::size_t(G) : g / (d / std::size_t(G));
+      const std::size_t c0 = pc ? g % d : (g % (d / std::size_t(G))) * std::size_t(G);
+      quantize_group(x.data() + t0 * d + c0, std::size_t(G), pc ? d : 1, 4, ParamType::F32,
+                     codes.data(), &sc, &mn);
+      EXPECT_EQ(q.scale[g], sc);
+      EXPECT_EQ(q.min[g], mn);
+      for (std::size_t i = 0; i < std::size_t(G); ++i) {
+        EXPECT_EQ(pc ? q.code(t0 + i, c0) : q.code(t0, c0 + i), codes[i]);
+      }
+    }
     // Each group's min is the min over its members (per-channel: G tokens of one channel).
     for (std::size_t g = 0; g < q.n_groups(); ++g) {
       float mn = INFINITY;

@@ -226,6 +226,10 @@ TEST(Squat, LambdaZeroOrRankZeroIsKiviBitForBit) {
       std::vector<double> eye(d * d, 0.0);
       for (std::size_t i = 0; i < d; ++i) eye[i * d + i] = 1.0;
       states.push_back(SquatState::from_metric(eye, int(d), 32));
+      if (layout == GroupLayout::PerChannel) {
+        // Blocks of 2 channels: 2-bit codes of neighbouring blocks share a byte.
+        states.push_back(SquatState::from_metric(eye, int(d), 2));
+      }
       EXPECT_TRUE(states[0].is_identity());
       EXPECT_TRUE(states[1].is_identity());
       EXPECT_FALSE(states[2].is_identity());

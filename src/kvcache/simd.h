@@ -1,0 +1,32 @@
+// SIMD kernels of the attention fast path (Highway, dispatched at run time to the best target).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace squat::kv::simd {
+
+// s[t] = scale * dot(q, k + t*d), t < nb.
+void block_logits(const float* q, const float* k, std::size_t nb, std::size_t d, float scale,
+                  float* s);
+// s[t] = exp(s[t] - m) (0 below -87), returns the sum.
+float exp_sum(float* s, std::size_t n, float m);
+// acc = acc * corr + sum_t p[t] * v[t*d ..].
+void accumulate(float* acc, float corr, const float* p, const float* v, std::size_t nb,
+                std::size_t d);
+// x[t*d + c] = x[t*d + c] * scale[c] + min[c] (per-channel groups).
+void affine_channels(float* x, std::size_t nb, std::size_t d, const float* scale, const float* min);
+// x[i*G + j] = x[i*G + j] * scale[i] + min[i] for n_groups groups of G (per-token groups).
+void affine_groups(float* x, std::size_t n_groups, std::size_t G, const float* scale,
+                   const float* min);
+// Rotates nb rows of d: x' = x * C + partner(x) * S with C/S rows c + t*d, s + t*d
+// (RopeTable's expanded rows); partner is the pair element ((2i, 2i+1) or (i, i + d/2)).
+void rope_rows(float* x, std::size_t nb, std::size_t d, const float* c, const float* s, bool neox);
+
+// T[t*ldt + j] += sum_k E[t*g + k] * W[k*cols + j] for t < n, j < cols (SQuat correction).
+void gemm_acc(const float* E, std::size_t n, std::size_t g, const float* W, std::size_t cols,
+              float* T, std::size_t ldt);
+// out[i] = half_to_float(in[i]).
+void f16_to_f32(const uint16_t* in, std::size_t n, float* out);
+
+}  // namespace squat::kv::simd
