@@ -20,8 +20,9 @@
 
 HWY_BEFORE_NAMESPACE();
 
-// Highway 1.0.3's AVX3_DL target string lacks avx512vnni (its run-time check requires it), so
-// add it for that target; GCC only (clang would need a different pragma).
+// Highway 1.0.3's AVX3_DL target string lacks avx512vnni, so add it for that target (GCC only;
+// clang builds use the vpmaddubsw path there). guard_simd_targets() keeps AVX3_DL off CPUs
+// without it.
 #if HWY_TARGET == HWY_AVX3_DL && HWY_COMPILER_GCC_ACTUAL
 #pragma GCC target("avx512vnni")
 #define SQUAT_VNNI 1
@@ -631,17 +632,24 @@ HWY_AFTER_NAMESPACE();
 #undef SQUAT_ZMM_PAIRS
 
 #if HWY_ONCE
+#if HWY_ARCH_X86
+#include <cpuid.h>
+#endif
+
 namespace squat::kernels::detail {
 
 HWY_EXPORT(Q8RowsImpl);
 
 void guard_simd_targets() {
-#if HWY_ARCH_X86 && (HWY_COMPILER_GCC_ACTUAL || HWY_COMPILER_CLANG)
-  if (!__builtin_cpu_supports("avx512vnni") || !__builtin_cpu_supports("avxvnni")) {
-    hwy::DisableTargets(HWY_AVX3_DL);
-  }
+#if HWY_ARCH_X86
+  // CPUID leaf 7: subleaf 0 ECX bit 11 is AVX512_VNNI, subleaf 1 EAX bit 4 is AVX_VNNI.
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  const bool avx512_vnni = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (c & (1u << 11));
+  const bool avx_vnni = __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4));
+  if (!avx512_vnni || !avx_vnni) hwy::DisableTargets(HWY_AVX3_DL);
 #endif
 }
+
 HWY_EXPORT(FloatRowsImpl);
 HWY_EXPORT(QuantizeQ8Impl);
 HWY_EXPORT(F16RowsVecImpl);
