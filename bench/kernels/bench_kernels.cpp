@@ -140,6 +140,34 @@ void BM_DecodeLayers(benchmark::State& state) {
       benchmark::Counter(bytes * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
   state.counters["GMAC/s"] =
       benchmark::Counter(macs * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["tokens/s"] =
+      benchmark::Counter(double(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+// One SmolLM2-135M layer's seven projections for a 512-token prompt (prefill); 30 layers take
+// 30x this.
+template <TensorType kType>
+void BM_PrefillLayer(benchmark::State& state) {
+  const std::size_t shapes[7][2] = {{576, 576},  {192, 576},  {192, 576}, {576, 576},
+                                    {1536, 576}, {1536, 576}, {576, 1536}};
+  const std::size_t n = 512;
+  std::vector<Weights> mats;
+  for (const auto& s : shapes)
+    mats.push_back(make_weights(kType, s[0], s[1], unsigned(mats.size())));
+  const auto x = make_x(n * 1536);
+  std::vector<float> y(n * 1536);
+  ThreadPool& p = pool(int(state.range(0)));
+  double macs = 0;
+  for (const auto& m : mats) macs += double(m.view.rows * m.view.cols * n);
+  for (auto _ : state) {
+    for (const auto& m : mats) matmul(m.view, x.data(), n, y.data(), p);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["GMAC/s"] =
+      benchmark::Counter(macs * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
+  // Prompt tokens per second through all 30 layers' projections.
+  state.counters["model_tokens/s"] = benchmark::Counter(
+      double(n) * double(state.iterations()) / 30.0, benchmark::Counter::kIsRate);
 }
 
 void MatvecShapes(benchmark::internal::Benchmark* b) {
@@ -169,6 +197,7 @@ BENCHMARK(BM_Matmul<TensorType::Q4_1>)->Apply(MatmulShapes);
 BENCHMARK(BM_Matmul<TensorType::Q8_0>)->Apply(MatmulShapes);
 BENCHMARK(BM_Matmul<TensorType::F16>)->Apply(MatmulShapes);
 BENCHMARK(BM_DecodeLayers<TensorType::Q4_1>)->Arg(1)->Arg(2)->UseRealTime();
+BENCHMARK(BM_PrefillLayer<TensorType::Q4_1>)->Arg(1)->Arg(2)->UseRealTime();
 
 void BM_Softmax(benchmark::State& state) {
   auto x = make_x(std::size_t(state.range(0)));
