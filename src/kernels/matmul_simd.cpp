@@ -258,7 +258,8 @@ HWY_INLINE void QuantTile(const uint8_t* const* rows, const float* scale, const 
 // against x broadcast to both halves, so each vpdpbusd/convert/scale covers two (row, x) pairs.
 #define SQUAT_ZMM_PAIRS 1
 
-// Per row pair p: dwx[(p*nbp + b)*16] = [dw(2p, b) x8 | dw(2p+1, b) x8], and
+// Per row pair p: dwx[(p*nbp + b)*16] = [dw(2p, b) x8 | dw(2p+1, b) x8] for b < nb (none when
+// nb = 0: decode builds them inline), and
 // mwx[(p*nbp/8 + k)*16] = [mw(2p, 8k..8k+7) | mw(2p+1, 8k..8k+7)].
 HWY_INLINE void ExpandPairScales(const float* dw, const float* mw, std::size_t nb, std::size_t nbp,
                                  bool has_min, float* dwx, float* mwx) {
@@ -313,8 +314,8 @@ HWY_INLINE float HSum512Half(__m512 v, int half) {
 
 // Rows 0..3 of `rows` times RX x rows: out[r*RX + c].
 template <class F, int RX>
-HWY_INLINE void QuantTilePairs(const uint8_t* const* rows, const float* dwx, const float* mwx,
-                               const Q8Rows& x, std::size_t i0, float* out) {
+HWY_INLINE void QuantTilePairs(const uint8_t* const* rows, const float* dw, const float* dwx,
+                               const float* mwx, const Q8Rows& x, std::size_t i0, float* out) {
   const std::size_t nb = x.nb, nbp = x.nbp;
   const int8_t* xq[RX];
   const float* xd[RX];
@@ -342,8 +343,15 @@ HWY_INLINE void QuantTilePairs(const uint8_t* const* rows, const float* dwx, con
   for (std::size_t b = 0; b < nb; ++b) {
     const PairBlock w0 = LoadPairBlock<F>(rows[0] + b * F::kBytes, rows[1] + b * F::kBytes);
     const PairBlock w1 = LoadPairBlock<F>(rows[2] + b * F::kBytes, rows[3] + b * F::kBytes);
-    const __m512 s0 = _mm512_loadu_ps(dwx + b * 16);
-    const __m512 s1 = _mm512_loadu_ps(dwx + (nbp + b) * 16);
+    __m512 s0, s1;
+    if constexpr (RX == 1) {  // one x row (decode): build [dw(r) x8 | dw(r+1) x8] here
+      s0 = _mm512_mask_broadcastss_ps(_mm512_set1_ps(dw[b]), 0xff00, _mm_load_ss(dw + nbp + b));
+      s1 = _mm512_mask_broadcastss_ps(_mm512_set1_ps(dw[2 * nbp + b]), 0xff00,
+                                      _mm_load_ss(dw + 3 * nbp + b));
+    } else {  // expanded once per weight tile, reused by every x tile
+      s0 = _mm512_loadu_ps(dwx + b * 16);
+      s1 = _mm512_loadu_ps(dwx + (nbp + b) * 16);
+    }
     for (int c = 0; c < RX; ++c) {
       __m512i xv = _mm512_broadcast_i64x4(
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[c] + 32 * b)));
@@ -370,17 +378,18 @@ HWY_INLINE void QuantTilePairs(const uint8_t* const* rows, const float* dwx, con
 }
 
 template <class F>
-HWY_INLINE void QuantTilePairsAnyX(const uint8_t* const* rows, const float* dwx, const float* mwx,
-                                   const Q8Rows& x, std::size_t i0, int rx, float* out) {
+HWY_INLINE void QuantTilePairsAnyX(const uint8_t* const* rows, const float* dw, const float* dwx,
+                                   const float* mwx, const Q8Rows& x, std::size_t i0, int rx,
+                                   float* out) {
   switch (rx) {
     case 1:
-      return QuantTilePairs<F, 1>(rows, dwx, mwx, x, i0, out);
+      return QuantTilePairs<F, 1>(rows, dw, dwx, mwx, x, i0, out);
     case 2:
-      return QuantTilePairs<F, 2>(rows, dwx, mwx, x, i0, out);
+      return QuantTilePairs<F, 2>(rows, dw, dwx, mwx, x, i0, out);
     case 3:
-      return QuantTilePairs<F, 3>(rows, dwx, mwx, x, i0, out);
+      return QuantTilePairs<F, 3>(rows, dw, dwx, mwx, x, i0, out);
     default:
-      return QuantTilePairs<F, 4>(rows, dwx, mwx, x, i0, out);
+      return QuantTilePairs<F, 4>(rows, dw, dwx, mwx, x, i0, out);
   }
 }
 #else
@@ -438,14 +447,14 @@ void QuantRows(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::siz
       for (int k = 0; k < rw; ++k) rows[k] = w + (r + k) * row_bytes;
       GatherScales<F>(rows, rw, nb, nbp, dw, mw);
 #if SQUAT_ZMM_PAIRS
-      if (rw == kRW) ExpandPairScales(dw, mw, nb, nbp, F::kHasMin, dwx, mwx);
+      if (rw == kRW) ExpandPairScales(dw, mw, n > 1 ? nb : 0, nbp, F::kHasMin, dwx, mwx);
 #endif
       for (std::size_t i = i_begin; i < i_end; i += kRX) {
         const int rx = int(std::min<std::size_t>(kRX, i_end - i));
         float out[kRW * kRX];
         if (SQUAT_ZMM_PAIRS && rw == kRW) {
 #if SQUAT_ZMM_PAIRS
-          QuantTilePairsAnyX<F>(rows, dwx, mwx, x, i, rx, out);
+          QuantTilePairsAnyX<F>(rows, dw, dwx, mwx, x, i, rx, out);
 #endif
         } else if (rw == kRW) {
           QuantTileAnyX<F, kRW>(rows, dw, mw, x, i, rx, scale, out);
