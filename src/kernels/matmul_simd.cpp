@@ -63,8 +63,8 @@ struct Q8_0Format {
   static constexpr bool kHasMin = false;
 };
 
-// Converts the fp16 scales (and mins) of `rw` rows to float: dw[r*nbp + b], mw[r*nbp + b],
-// zero in [nb, nbp). The halves sit at a fixed stride through the blocks.
+// Converts the fp16 scales (and mins) of `rw` rows to float: dw[r*nbp + b], mw[r*nbp + b] for
+// b < nb (the caller zeroes [nb, nbp) once). The halves sit at a fixed stride through the blocks.
 template <class F>
 HWY_INLINE void GatherScales(const uint8_t* const* rows, int rw, std::size_t nb, std::size_t nbp,
                              float* dw, float* mw) {
@@ -95,7 +95,6 @@ HWY_INLINE void GatherScales(const uint8_t* const* rows, int rw, std::size_t nb,
       d_out[b] = LoadF16(p + b * F::kBytes);
       if constexpr (F::kHasMin) m_out[b] = LoadF16(p + b * F::kBytes + 2);
     }
-    for (; b < nbp; ++b) d_out[b] = m_out[b] = 0.0f;
   }
 }
 
@@ -437,6 +436,10 @@ void QuantRows(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::siz
   float* dwx = scale + kRW * kRX * nbp;    // 2 * 16 * nbp (pair path)
   float* mwx = dwx + 32 * nbp;             // 2 * 2 * nbp
   (void)dwx, (void)mwx;
+  for (int r = 0; r < kRW; ++r) {  // padding read by the 8-wide min-term sums
+    std::fill(dw + r * nbp + nb, dw + (r + 1) * nbp, 0.0f);
+    std::fill(mw + r * nbp + nb, mw + (r + 1) * nbp, 0.0f);
+  }
   // Keep the slice of quantized x rows that each weight tile sweeps within L2.
   const std::size_t x_chunk = std::max<std::size_t>(kRX, (256 * 1024 / (x.cols + 8)) / kRX * kRX);
   for (std::size_t i_begin = 0; i_begin < n; i_begin += x_chunk) {
