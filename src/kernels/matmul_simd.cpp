@@ -10,6 +10,7 @@
 #endif
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 // Order matters: foreach_target re-includes this file for every target.
+#include <hwy/cache_control.h>
 #include <hwy/highway.h>
 
 #include <algorithm>
@@ -448,6 +449,11 @@ void QuantRows(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::siz
       const int rw = r1 - r >= std::size_t(kRW) ? kRW : 1;
       const uint8_t* rows[kRW];
       for (int k = 0; k < rw; ++k) rows[k] = w + (r + k) * row_bytes;
+      // The next tile's rows, so its scale gathers (the first touch) find them in L1.
+      if (r + 2 * kRW <= r1) {
+        const uint8_t* next = w + (r + kRW) * row_bytes;
+        for (std::size_t off = 0; off < kRW * row_bytes; off += 64) hwy::Prefetch(next + off);
+      }
       GatherScales<F>(rows, rw, nb, nbp, dw, mw);
 #if SQUAT_ZMM_PAIRS
       if (rw == kRW) ExpandPairScales(dw, mw, n > 1 ? nb : 0, nbp, F::kHasMin, dwx, mwx);
