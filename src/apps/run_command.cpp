@@ -67,6 +67,10 @@ void run(const RunOptions& options) {
   const bool chat = options.chat;
   if (chat) text = apply_chat_template(loaded.model->file(), {{"user", text}}, true);
   const std::vector<int32_t> prompt = loaded.tokenizer->encode(text, !chat, chat);
+  if (int(prompt.size()) > loaded.context->max_tokens()) {
+    fail("the prompt has {} tokens but the context holds {} (raise -c/--context)", prompt.size(),
+         loaded.context->max_tokens());
+  }
   if (!chat) std::fwrite(text.data(), 1, text.size(), stdout);
   const GenerationStats stats = generate(*loaded.context, *loaded.tokenizer, prompt,
                                          options.n_predict, sampler, [&](int32_t token) {

@@ -59,7 +59,7 @@ void ThreadPool::worker_loop(int index) {
   }
 }
 
-void ThreadPool::dispatch(const std::function<void(int)>& job) {
+void ThreadPool::dispatch(ThreadFn job) {
   if (n_threads_ == 1) {
     job(0);
     return;
@@ -81,9 +81,9 @@ void ThreadPool::dispatch(const std::function<void(int)>& job) {
   }
 }
 
-void ThreadPool::run_on_all(const std::function<void(int)>& body) { dispatch(body); }
+void ThreadPool::run_on_all(ThreadFn body) { dispatch(body); }
 
-void ThreadPool::parallel_for(std::size_t n, const RangeFn& body, std::size_t grain) {
+void ThreadPool::parallel_for(std::size_t n, RangeFn body, std::size_t grain) {
   if (n == 0) return;
   grain = std::max<std::size_t>(1, grain);
   const std::size_t chunks = (n + grain - 1) / grain;
@@ -92,7 +92,7 @@ void ThreadPool::parallel_for(std::size_t n, const RangeFn& body, std::size_t gr
     body(0, n, 0);
     return;
   }
-  const std::function<void(int)> job = [&](int thread) {
+  const auto job = [&](int thread) {
     if (std::size_t(thread) >= parts) return;
     const std::size_t first_chunk = chunks * std::size_t(thread) / parts;
     const std::size_t last_chunk = chunks * std::size_t(thread + 1) / parts;

@@ -6,17 +6,40 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
-#include <functional>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace squat {
 
+// A non-owning reference to a callable (never allocates, unlike std::function): valid only
+// while the callable it was made from lives, which is the whole call for the pool's jobs.
+template <typename Signature>
+class FunctionRef;
+
+template <typename R, typename... Args>
+class FunctionRef<R(Args...)> {
+ public:
+  template <typename F>
+  requires(!std::is_same_v<std::remove_cvref_t<F>, FunctionRef>)
+      FunctionRef(F&& f)  // NOLINT: implicit, like std::function
+      : object_(const_cast<void*>(static_cast<const void*>(&f))),
+        invoke_([](void* object, Args... args) -> R {
+          return (*static_cast<std::remove_reference_t<F>*>(object))(args...);
+        }) {}
+  R operator()(Args... args) const { return invoke_(object_, args...); }
+
+ private:
+  void* object_;
+  R (*invoke_)(void*, Args...);
+};
+
 class ThreadPool {
  public:
   // body(begin, end, thread_index) processes items [begin, end).
-  using RangeFn = std::function<void(std::size_t, std::size_t, int)>;
+  using RangeFn = FunctionRef<void(std::size_t, std::size_t, int)>;
+  using ThreadFn = FunctionRef<void(int)>;
 
   explicit ThreadPool(int n_threads);
   ~ThreadPool();
@@ -27,18 +50,18 @@ class ThreadPool {
 
   // Splits [0, n) into at most size() contiguous ranges, at multiples of `grain` (except the
   // end), runs them in parallel (the caller runs the first) and returns when all are done.
-  void parallel_for(std::size_t n, const RangeFn& body, std::size_t grain = 1);
+  void parallel_for(std::size_t n, RangeFn body, std::size_t grain = 1);
 
   // Runs body(thread_index) once on every thread (caller is thread 0).
-  void run_on_all(const std::function<void(int)>& body);
+  void run_on_all(ThreadFn body);
 
  private:
   void worker_loop(int index);
-  void dispatch(const std::function<void(int)>& job);
+  void dispatch(ThreadFn job);
 
   int n_threads_;
   std::vector<std::thread> workers_;
-  const std::function<void(int)>* job_ = nullptr;
+  const ThreadFn* job_ = nullptr;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};

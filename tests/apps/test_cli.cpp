@@ -1,0 +1,110 @@
+// Runs the `squat` binary on bad input and checks the contract: exit status 1 (runtime) or 2
+// (usage), one clear message naming what was wrong, no crash.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace {
+
+struct Result {
+  int status = -1;
+  std::string output;
+};
+
+Result run_squat(const std::string& args) {
+  const std::string command = std::string(SQUAT_BINARY_DIR) + "/squat " + args + " 2>&1";
+  Result result;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (!pipe) return result;
+  char buffer[4096];
+  while (std::size_t got = fread(buffer, 1, sizeof buffer, pipe)) result.output.append(buffer, got);
+  const int raw = pclose(pipe);
+  result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+  return result;
+}
+
+std::string temp_path(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / ("squat_cli_" + name)).string();
+}
+
+void write_bytes(const std::string& path, const std::vector<char>& bytes) {
+  std::ofstream(path, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));
+}
+
+std::vector<char> model_prefix(std::size_t n) {
+  std::ifstream in(SQUAT_TEST_MODEL, std::ios::binary);
+  std::vector<char> bytes(n);
+  in.read(bytes.data(), std::streamsize(n));
+  bytes.resize(std::size_t(in.gcount()));
+  return bytes;
+}
+
+TEST(Cli, MissingModelFile) {
+  const Result r = run_squat("run -m /nonexistent/model.gguf -p hi -n 1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("/nonexistent/model.gguf"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("No such file"), std::string::npos) << r.output;
+}
+
+TEST(Cli, WrongMagic) {
+  const std::string path = temp_path("wrong_magic.gguf");
+  write_bytes(path, {'G', 'G', 'M', 'L', 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0});
+  const Result r = run_squat("run -m " + path + " -p hi -n 1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find(path), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("magic"), std::string::npos) << r.output;
+  std::filesystem::remove(path);
+}
+
+TEST(Cli, TruncatedModel) {
+  if (!std::filesystem::exists(SQUAT_TEST_MODEL)) GTEST_SKIP() << "default model not found";
+  // Cut inside the metadata, and inside the tensor data.
+  for (std::size_t size : {std::size_t(3000), std::size_t(40'000'000)}) {
+    const std::string path = temp_path("truncated.gguf");
+    write_bytes(path, model_prefix(size));
+    const Result r = run_squat("run -m " + path + " -p hi -n 1");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find(path), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("Segmentation"), std::string::npos) << r.output;
+    std::filesystem::remove(path);
+  }
+}
+
+TEST(Cli, BadFlagsAreUsageErrors) {
+  EXPECT_EQ(run_squat("run -p hi").status, 2);  // no model
+  EXPECT_EQ(run_squat("run -m x.gguf -p hi --threads -4").status, 2);
+  EXPECT_EQ(run_squat("run -m x.gguf -p hi --no-such-flag").status, 2);
+  EXPECT_EQ(run_squat("bogus-command").status, 2);
+}
+
+TEST(Cli, BadSamplingValuesNameTheFlag) {
+  if (!std::filesystem::exists(SQUAT_TEST_MODEL)) GTEST_SKIP() << "default model not found";
+  const Result r = run_squat(std::string("run -m ") + SQUAT_TEST_MODEL + " -p hi --top-p 3");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("--top-p"), std::string::npos) << r.output;
+}
+
+TEST(Cli, PromptLongerThanTheContext) {
+  if (!std::filesystem::exists(SQUAT_TEST_MODEL)) GTEST_SKIP() << "default model not found";
+  const Result r = run_squat(std::string("run -m ") + SQUAT_TEST_MODEL +
+                             " -c 8 -n 4 -p \"one two three four five six seven eight nine ten\"");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("context"), std::string::npos) << r.output;
+}
+
+TEST(Cli, GreedyRunMentionsParis) {
+  if (!std::filesystem::exists(SQUAT_TEST_MODEL)) GTEST_SKIP() << "default model not found";
+  const Result r = run_squat(std::string("run -m ") + SQUAT_TEST_MODEL +
+                             " -p \"The capital of France is\" -n 12 --temp 0 -t 2");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("Paris"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("tokens/s"), std::string::npos) << r.output;
+}
+
+}  // namespace
