@@ -123,6 +123,8 @@ class SquatState {
   const std::vector<float>& w(int i) const { return w_[std::size_t(i - 1)]; }
 
   bool operator==(const SquatState& o) const;
+  // Bytes held by this state (P, H_t as double; W_i as float).
+  std::size_t bytes() const;
 
  private:
   friend class SquatStateFile;

@@ -148,6 +148,9 @@ class LayerCache {
   std::size_t key_bytes() const;
   std::size_t value_bytes() const;
   std::size_t bytes() const { return key_bytes() + value_bytes(); }
+  // Per-prompt SQuat state held in memory (P and H_t in double, W_i in float), not per token
+  // and not included in bytes().
+  std::size_t state_bytes() const;
   // bytes()*8 / (tokens * n_kv_heads * d * 2); 0 when empty.
   double bits_per_element() const;
   // Stored contents of one KV head as floats [tokens, d]: keys as stored (pre-RoPE keys not

@@ -6,6 +6,9 @@
 #include <hwy/contrib/math/math-inl.h>
 #include <hwy/highway.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "core/fp16.h"
 #include "kvcache/simd.h"
 
@@ -199,6 +202,52 @@ void F16ToF32Impl(const uint16_t* in, std::size_t n, float* out) {
   for (; i < n; ++i) out[i] = squat::fp16_to_float(in[i]);
 }
 
+void UnpackImpl(const uint8_t* packed, std::size_t n, int bits, float* out) {
+  const hn::ScalableTag<float> df;
+  const hn::RebindToSigned<decltype(df)> di;
+  const hn::RebindToUnsigned<decltype(df)> du;
+  const hn::Rebind<uint8_t, decltype(du)> d8;
+  const std::size_t N = hn::Lanes(df);
+  const std::size_t per = std::size_t(8 / bits);  // codes per byte
+  const uint32_t mask = (1u << bits) - 1u;
+  if (N < per || N % per != 0) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::size_t bit = i * std::size_t(bits);
+      out[i] = float((packed[bit / 8] >> (bit % 8)) & mask);
+    }
+    return;
+  }
+  // Lane j takes byte j / per of its chunk and shifts by (j % per) * bits.
+  HWY_ALIGN int32_t idx[hn::MaxLanes(df)];
+  HWY_ALIGN uint32_t shift[hn::MaxLanes(df)];
+  for (std::size_t j = 0; j < N; ++j) {
+    idx[j] = int32_t(j / per);
+    shift[j] = uint32_t((j % per) * std::size_t(bits));
+  }
+  const auto vidx = hn::SetTableIndices(du, idx);
+  const auto vshift = hn::Load(du, shift);
+  const auto vmask = hn::Set(du, mask);
+  // Work through a zero-padded copy so whole-vector byte loads never read past the input.
+  constexpr std::size_t kChunk = 256;  // codes per chunk
+  HWY_ALIGN uint8_t buf[kChunk + 2 * hn::MaxLanes(df)];
+  for (std::size_t c0 = 0; c0 < n; c0 += kChunk) {
+    const std::size_t cn = std::min(kChunk, n - c0);
+    const std::size_t nbytes = (cn * std::size_t(bits) + 7) / 8;
+    std::memcpy(buf, packed + c0 / per, nbytes);
+    std::memset(buf + nbytes, 0, sizeof(buf) - nbytes);
+    std::size_t i = 0;
+    for (; i + N <= cn; i += N) {
+      auto v = hn::PromoteTo(du, hn::LoadU(d8, buf + i / per));
+      if (per > 1) v = hn::And(hn::Shr(hn::TableLookupLanes(v, vidx), vshift), vmask);
+      hn::StoreU(hn::ConvertTo(df, hn::BitCast(di, v)), df, out + c0 + i);
+    }
+    for (; i < cn; ++i) {
+      const std::size_t bit = i * std::size_t(bits);
+      out[c0 + i] = float((buf[bit / 8] >> (bit % 8)) & mask);
+    }
+  }
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace squat::kv::simd
 HWY_AFTER_NAMESPACE();
@@ -214,6 +263,11 @@ HWY_EXPORT(AffineGroupsImpl);
 HWY_EXPORT(RopeRowsImpl);
 HWY_EXPORT(GemmAccImpl);
 HWY_EXPORT(F16ToF32Impl);
+HWY_EXPORT(UnpackImpl);
+
+void unpack_f32(const uint8_t* packed, std::size_t n, int bits, float* out) {
+  HWY_DYNAMIC_DISPATCH(UnpackImpl)(packed, n, bits, out);
+}
 
 void gemm_acc(const float* E, std::size_t n, std::size_t g, const float* W, std::size_t cols,
               float* T, std::size_t ldt) {

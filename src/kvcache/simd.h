@@ -29,4 +29,7 @@ void gemm_acc(const float* E, std::size_t n, std::size_t g, const float* W, std:
 // out[i] = half_to_float(in[i]).
 void f16_to_f32(const uint16_t* in, std::size_t n, float* out);
 
+// out[i] = float(code i) of n codes packed at `bits` bits (kv_quant.h packing convention).
+void unpack_f32(const uint8_t* packed, std::size_t n, int bits, float* out);
+
 }  // namespace squat::kv::simd

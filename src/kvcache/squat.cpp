@@ -142,6 +142,13 @@ bool SquatState::operator==(const SquatState& o) const {
   return d_ == o.d_ && g_ == o.g_ && identity_ == o.identity_ && h_ == o.h_ && p_ == o.p_;
 }
 
+std::size_t SquatState::bytes() const {
+  std::size_t b = p_.size() * sizeof(double);
+  for (const auto& h : h_) b += h.size() * sizeof(double);
+  for (const auto& w : w_) b += w.size() * sizeof(float);
+  return b;
+}
+
 QuantizedChunk squat_quantize_chunk(const float* keys, std::size_t n, std::size_t d, int bits,
                                     int group_size, GroupLayout layout, ParamType p,
                                     const SquatState& state) {

@@ -364,6 +364,12 @@ std::size_t LayerCache::value_bytes() const {
   for (const HeadStore& hs : impl_->heads) b += hs.vq.bytes() + hs.vres.bytes();
   return b;
 }
+std::size_t LayerCache::state_bytes() const {
+  std::size_t b = 0;
+  for (const SquatState& st : impl_->states) b += st.bytes();
+  return b;
+}
+
 double LayerCache::bits_per_element() const {
   const Impl& m = *impl_;
   if (m.n == 0) return 0.0;
@@ -377,9 +383,14 @@ void LayerCache::Impl::load_rows(const QuantPart& part, int bits, std::size_t ro
   // Per-token groups: rows of d/G groups, each group packed in gb(bits) bytes.
   const std::size_t per_row = D() / std::size_t(G), bytes = gb(bits);
   const std::size_t n_groups = nb * per_row, g0 = row * per_row;
-  for (std::size_t g = 0; g < n_groups; ++g) {
-    detail::unpack_to_float(part.codes.data() + (g0 + g) * bytes, std::size_t(G), bits,
-                            out + g * std::size_t(G));
+  if (std::size_t(G) * std::size_t(bits) % 8 == 0) {
+    // Groups are byte-aligned, so the rows are one contiguous run of packed codes.
+    simd::unpack_f32(part.codes.data() + g0 * bytes, n_groups * std::size_t(G), bits, out);
+  } else {
+    for (std::size_t g = 0; g < n_groups; ++g) {
+      simd::unpack_f32(part.codes.data() + (g0 + g) * bytes, std::size_t(G), bits,
+                       out + g * std::size_t(G));
+    }
   }
   part.scale.get(g0, n_groups, scratch);
   part.min.get(g0, n_groups, scratch + n_groups);
@@ -397,8 +408,12 @@ void LayerCache::Impl::load_keys(int h, std::size_t t0, std::size_t nb, float* o
       const std::size_t tg = t / Gs;
       const std::size_t take = std::min({(tg + 1) * Gs - t, end - t, n_kq - t});
       float* dst = out + (t - t0) * D();
-      for (std::size_t i = 0; i < take; ++i) {
-        detail::unpack_to_float(hs.kq.codes.data() + (t + i) * rb, D(), kbits, dst + i * D());
+      if (D() * std::size_t(kbits) % 8 == 0) {
+        simd::unpack_f32(hs.kq.codes.data() + t * rb, take * D(), kbits, dst);
+      } else {
+        for (std::size_t i = 0; i < take; ++i) {
+          simd::unpack_f32(hs.kq.codes.data() + (t + i) * rb, D(), kbits, dst + i * D());
+        }
       }
       hs.kq.scale.get(tg * D(), D(), scratch);
       hs.kq.min.get(tg * D(), D(), scratch + D());

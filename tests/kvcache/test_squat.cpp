@@ -198,6 +198,7 @@ TEST(Squat, FastPathAgreesWithDoubleReference) {
     std::size_t same = 0;
     for (std::size_t t = 0; t < n; ++t)
       for (std::size_t c = 0; c < d; ++c) same += q.code(t, c) == ref_codes[t * d + c];
+    std::printf("bits %d: %zu of %zu codes equal to the double reference\n", bits, same, n * d);
     EXPECT_GE(double(same) / double(n * d), 0.995) << "bits " << bits;
     std::vector<float> khat(n * d), rk(ref_khat.begin(), ref_khat.end());
     dequantize_chunk(q, khat.data());
