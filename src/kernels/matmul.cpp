@@ -67,6 +67,7 @@ struct Call {
 void run_rows(const Call& c, std::size_t r0, std::size_t r1) {
   const WeightView& w = *c.w;
   switch (w.type) {
+    case TensorType::Q4_0:
     case TensorType::Q4_1:
     case TensorType::Q8_0: {
       float* scratch = grow(t_scratch, 60 * c.xq.nbp);
@@ -133,28 +134,34 @@ void run(const WeightView& w, const float* x, std::size_t n, float* y, ThreadPoo
       row_grain(w, n));
 }
 
-// Scalar decoding of one weight block of the quantized fast paths.
+// Scalar decoding of one weight block of the quantized fast paths as x = d*q + m.
 void q8_block(TensorType type, const uint8_t* b, int q[32], float& d, float& m) {
   uint16_t h;
   std::memcpy(&h, b, 2);
   d = fp16_to_float(h);
+  if (type == TensorType::Q8_0) {
+    m = 0.0f;
+    for (int j = 0; j < 32; ++j) q[j] = int8_t(b[2 + j]);
+    return;
+  }
+  const uint8_t* qs = b + 2;
   if (type == TensorType::Q4_1) {
     std::memcpy(&h, b + 2, 2);
     m = fp16_to_float(h);
-    for (int j = 0; j < 16; ++j) {
-      q[j] = b[4 + j] & 0x0f;
-      q[j + 16] = b[4 + j] >> 4;
-    }
-  } else {
-    m = 0.0f;
-    for (int j = 0; j < 32; ++j) q[j] = int8_t(b[2 + j]);
+    qs = b + 4;
+  } else {  // Q4_0: d*(q - 8) = d*q + (-8d)
+    m = -8.0f * d;
+  }
+  for (int j = 0; j < 16; ++j) {
+    q[j] = qs[j] & 0x0f;
+    q[j + 16] = qs[j] >> 4;
   }
 }
 
 }  // namespace
 
 bool uses_q8_activations(TensorType type) {
-  return type == TensorType::Q4_1 || type == TensorType::Q8_0;
+  return type == TensorType::Q4_0 || type == TensorType::Q4_1 || type == TensorType::Q8_0;
 }
 
 void quantize_activations_q8(const float* x, std::size_t n, int8_t* q, float* d, float* s) {

@@ -54,14 +54,26 @@ HWY_INLINE float LoadF16(const uint8_t* p) {
 #endif
 }
 
-// Weight block formats of the quantized paths: bytes per block, where d (and m) sit.
+// Weight block formats of the quantized paths: bytes per block, whether a block has an offset
+// term m (x = d*q + m) and where its 16 nibble bytes start. Q4_0 (x = d*(q - 8)) is handled as
+// Q4_1 with m = -8d, which is exact: sum((q-8) x) d = d sum(q x) - 8d sum(x).
 struct Q4_1Format {
   static constexpr std::size_t kBytes = 20;
   static constexpr bool kHasMin = true;
+  static constexpr bool kMinFromScale = false;
+  static constexpr std::size_t kQs = 4;
+};
+struct Q4_0Format {
+  static constexpr std::size_t kBytes = 18;
+  static constexpr bool kHasMin = true;
+  static constexpr bool kMinFromScale = true;
+  static constexpr std::size_t kQs = 2;
 };
 struct Q8_0Format {
   static constexpr std::size_t kBytes = 34;
   static constexpr bool kHasMin = false;
+  static constexpr bool kMinFromScale = false;
+  static constexpr std::size_t kQs = 2;
 };
 
 // Converts the fp16 scales (and mins) of `rw` rows to float: dw[r*nbp + b], mw[r*nbp + b] for
@@ -87,14 +99,17 @@ HWY_INLINE void GatherScales(const uint8_t* const* rows, int rw, std::size_t nb,
       // packus per 128-bit lane: [d0..3 m0..3 | d4..7 m4..7] -> qwords (0, 2, 1, 3).
       const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xd8);
       _mm256_storeu_ps(d_out + b, _mm256_cvtph_ps(_mm256_castsi256_si128(packed)));
-      if constexpr (F::kHasMin) {
+      if constexpr (F::kHasMin && !F::kMinFromScale) {
         _mm256_storeu_ps(m_out + b, _mm256_cvtph_ps(_mm256_extracti128_si256(packed, 1)));
       }
     }
 #endif
     for (; b < nb; ++b) {
       d_out[b] = LoadF16(p + b * F::kBytes);
-      if constexpr (F::kHasMin) m_out[b] = LoadF16(p + b * F::kBytes + 2);
+      if constexpr (F::kHasMin && !F::kMinFromScale) m_out[b] = LoadF16(p + b * F::kBytes + 2);
+    }
+    if constexpr (F::kMinFromScale) {
+      for (b = 0; b < nb; ++b) m_out[b] = -8.0f * d_out[b];
     }
   }
 }
@@ -152,7 +167,7 @@ struct Prepared {
 template <class F, int RX>
 HWY_INLINE Prepared LoadBlock(const uint8_t* block) {
   if constexpr (F::kHasMin) {  // Q4_1: 16 nibble bytes, low nibbles are elements 0..15
-    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 4));
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + F::kQs));
     const __m256i both =
         _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1);
     return {_mm256_and_si256(both, _mm256_set1_epi8(0x0f)), _mm256_setzero_si256()};
@@ -237,7 +252,7 @@ HWY_INLINE void QuantTile(const uint8_t* const* rows, const float* scale, const 
         for (int j = 0; j < 32; ++j) {
           int q;
           if constexpr (F::kHasMin) {
-            q = j < 16 ? (blk[4 + j] & 0x0f) : (blk[4 + j - 16] >> 4);
+            q = j < 16 ? (blk[F::kQs + j] & 0x0f) : (blk[F::kQs + j - 16] >> 4);
           } else {
             q = int8_t(blk[2 + j]);
           }
@@ -292,8 +307,8 @@ struct PairBlock {
 template <class F>
 HWY_INLINE PairBlock LoadPairBlock(const uint8_t* b0, const uint8_t* b1) {
   if constexpr (F::kHasMin) {
-    const __m128i v0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 4));
-    const __m128i v1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b1 + 4));
+    const __m128i v0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + F::kQs));
+    const __m128i v1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b1 + F::kQs));
     const __m256i a = _mm256_inserti128_si256(_mm256_castsi128_si256(v0), v1, 1);
     const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(a), _mm256_srli_epi16(a, 4), 1);
     // [v0, v1, v0>>4, v1>>4] -> [v0, v0>>4, v1, v1>>4]
@@ -481,10 +496,13 @@ void QuantRows(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::siz
 void Q8RowsImpl(TensorType type, const uint8_t* w, std::size_t row_bytes, std::size_t r0,
                 std::size_t r1, const Q8Rows& x, std::size_t n, float* y, std::size_t ldy,
                 float* scratch) {
-  if (type == TensorType::Q4_1) {
-    QuantRows<Q4_1Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
-  } else {
-    QuantRows<Q8_0Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
+  switch (type) {
+    case TensorType::Q4_1:
+      return QuantRows<Q4_1Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
+    case TensorType::Q4_0:
+      return QuantRows<Q4_0Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
+    default:
+      return QuantRows<Q8_0Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
   }
 }
 

@@ -91,12 +91,19 @@ std::vector<float> make_x(std::size_t n, std::size_t cols, Fill fill, std::mt199
   return x;
 }
 
-// Block min m_b of a Q4_1 weight block (0 for types without one).
+// Offset m_b of a weight block as x = d*q + m on the quantized paths: Q4_1's m, Q4_0's -8d,
+// 0 otherwise.
 float block_min(const WeightView& w, std::size_t r, std::size_t b) {
-  if (w.type != TensorType::Q4_1) return 0.0f;
   uint16_t h;
-  std::memcpy(&h, w.data + r * w.row_bytes + b * 20 + 2, 2);
-  return fp16_to_float(h);
+  if (w.type == TensorType::Q4_1) {
+    std::memcpy(&h, w.data + r * w.row_bytes + b * 20 + 2, 2);
+    return fp16_to_float(h);
+  }
+  if (w.type == TensorType::Q4_0) {
+    std::memcpy(&h, w.data + r * w.row_bytes + b * 18, 2);
+    return -8.0f * fp16_to_float(h);
+  }
+  return 0.0f;
 }
 
 // Compares matmul (and matvec when n == 1) with the references, with error bounds:
@@ -254,6 +261,24 @@ TEST(Matmul, WorkedExampleQ4_1) {
   EXPECT_EQ(ref, 56.0f * 127.0f);
   EXPECT_EQ(q8, 56.0f * 127.0f);
   EXPECT_EQ(fast, 56.0f * 127.0f);
+}
+
+// Q4_0 weights 0.5 * (q - 8), q covering 0..15 twice: sum = 0.5 * (240 - 256) = -8.
+TEST(Matmul, WorkedExampleQ4_0) {
+  std::vector<uint8_t> block(18);
+  const uint16_t d = float_to_fp16(0.5f);
+  std::memcpy(block.data(), &d, 2);
+  for (int j = 0; j < 16; ++j) block[2 + j] = uint8_t(j | (15 - j) << 4);
+  const WeightView view{TensorType::Q4_0, block.data(), 1, 32, 18};
+  const std::vector<float> x(32, 127.0f);
+  ThreadPool pool(1);
+  float fast = 0, ref = 0, q8 = 0;
+  matvec(view, x.data(), &fast, pool);
+  matvec_ref(view, x.data(), &ref);
+  matvec_q8_ref(view, x.data(), &q8);
+  EXPECT_EQ(ref, -8.0f * 127.0f);
+  EXPECT_EQ(q8, -8.0f * 127.0f);
+  EXPECT_EQ(fast, -8.0f * 127.0f);
 }
 
 TEST(Matmul, QuantizeActivations) {
