@@ -35,7 +35,16 @@ std::vector<double> query_subspace(const float* q, std::size_t rows, int d, int 
   Eigen::MatrixXd V;  // d x rr, right singular vectors
   Eigen::VectorXd S;  // rr singular values
   if (!power_method) {
-    Eigen::BDCSVD<Eigen::MatrixXd> svd(Q, Eigen::ComputeThinV);
+    // Tall Q (rows > d): Q = Q_1 R, and R (d x d) has the same singular values and right
+    // singular vectors as Q, so the SVD runs on the small triangular factor.
+    Eigen::MatrixXd small;
+    if (Q.rows() > d) {
+      Eigen::HouseholderQR<Eigen::MatrixXd> qr(Q);
+      small = qr.matrixQR().topRows(d).triangularView<Eigen::Upper>();
+    } else {
+      small = Q;
+    }
+    Eigen::BDCSVD<Eigen::MatrixXd> svd(small, Eigen::ComputeThinV);
     V = svd.matrixV().leftCols(rr);
     S = svd.singularValues().head(rr);
   } else {
