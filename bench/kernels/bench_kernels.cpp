@@ -41,7 +41,8 @@ Weights make_weights(TensorType type, std::size_t rows, std::size_t cols, unsign
       std::memcpy(p, &f, 4);
     } else {
       std::memcpy(p, &h, 2);
-      if (type == TensorType::Q4_1) std::memcpy(p + 2, &h, 2);
+      if (type == TensorType::Q4_1 || type == TensorType::Q4_K) std::memcpy(p + 2, &h, 2);
+      if (type == TensorType::Q6_K) std::memcpy(p + 208, &h, 2);
     }
   }
   w.view = {type, w.bytes.data(), rows, cols, row_bytes};
@@ -192,7 +193,9 @@ BENCHMARK(BM_MatvecRef<TensorType::Q4_1>)
 BENCHMARK(BM_Matvec<TensorType::Q8_0>)->Apply(MatvecShapes);
 BENCHMARK(BM_Matvec<TensorType::F16>)->Apply(MatvecShapes);
 BENCHMARK(BM_Matvec<TensorType::F32>)->Args({576, 576, 2})->Args({1536, 576, 2})->UseRealTime();
-BENCHMARK(BM_Matvec<TensorType::Q4_K>)->Args({1536, 768, 2})->UseRealTime();
+BENCHMARK(BM_Matvec<TensorType::Q4_K>)->Args({1536, 768, 1})->Args({1536, 768, 2})->UseRealTime();
+BENCHMARK(BM_Matvec<TensorType::Q6_K>)->Args({1536, 768, 1})->UseRealTime();
+BENCHMARK(BM_Matvec<TensorType::Q4_0>)->Args({1536, 576, 1})->UseRealTime();
 BENCHMARK(BM_Matmul<TensorType::Q4_1>)->Apply(MatmulShapes);
 BENCHMARK(BM_Matmul<TensorType::Q8_0>)->Apply(MatmulShapes);
 BENCHMARK(BM_Matmul<TensorType::F16>)->Apply(MatmulShapes);

@@ -96,7 +96,7 @@ void run_rows(const Call& c, std::size_t r0, std::size_t r1) {
       if (w.type == TensorType::F16) {
         detail::f16_to_f32(src, tile + k * w.cols, w.cols);
       } else {
-        dequantize_row(w.type, src, tile + k * w.cols, w.cols);
+        detail::dequantize_row_fast(w.type, src, tile + k * w.cols, w.cols);
       }
     }
     detail::float_rows(tile, w.cols, nr, c.x, c.n, w.cols, c.y + r, w.rows);

@@ -44,6 +44,13 @@ namespace hn = hwy::HWY_NAMESPACE;
 using detail::Q8Rows;
 using gguf::TensorType;
 
+#include "kernels/dequant-inl.h"  // IWYU pragma: keep
+
+// Generic path: the scalar decoders compiled for this target (the compiler vectorises them).
+void DequantRowImpl(TensorType type, const uint8_t* src, float* dst, std::size_t n) {
+  dq::dequantize(type, src, dst, n);
+}
+
 HWY_INLINE float LoadF16(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
@@ -690,6 +697,11 @@ HWY_EXPORT(FloatRowsImpl);
 HWY_EXPORT(QuantizeQ8Impl);
 HWY_EXPORT(F16RowsVecImpl);
 HWY_EXPORT(F16ToF32Impl);
+HWY_EXPORT(DequantRowImpl);
+
+void dequantize_row_fast(gguf::TensorType type, const uint8_t* src, float* dst, std::size_t n) {
+  HWY_DYNAMIC_DISPATCH(DequantRowImpl)(type, src, dst, n);
+}
 
 void q8_rows(gguf::TensorType type, const uint8_t* w, std::size_t row_bytes, std::size_t r0,
              std::size_t r1, const Q8Rows& x, std::size_t n, float* y, std::size_t ldy,

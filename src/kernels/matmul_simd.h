@@ -44,6 +44,9 @@ void guard_simd_targets();
 // SIMD quantize_activations_q8 (bit-identical to quantize_activations_q8_ref).
 void quantize_q8(const float* x, std::size_t n, int8_t* q, float* d, float* s);
 
+// dequantize_row compiled for the best SIMD target; `type` must be supported.
+void dequantize_row_fast(gguf::TensorType type, const uint8_t* src, float* dst, std::size_t n);
+
 // count fp16 values to float.
 void f16_to_f32(const uint8_t* src, float* dst, std::size_t count);
 
