@@ -8,5 +8,6 @@ namespace squat::apps {
 
 void register_quant_command(CLI::App& app);  // quant_command.cpp
 void register_run_command(CLI::App& app);    // run_command.cpp (run, chat)
+void register_bench_command(CLI::App& app);  // bench_command.cpp
 
 }  // namespace squat::apps

@@ -26,13 +26,17 @@ LoadedModel load_model(const ModelOptions& options) {
   const int threads = options.threads > 0 ? options.threads
                                           : int(std::max(1u, std::thread::hardware_concurrency()));
   loaded.pool = std::make_unique<ThreadPool>(threads);
+  loaded.context = make_context(*loaded.model, options, *loaded.pool, options.context);
+  return loaded;
+}
+
+std::unique_ptr<InferenceContext> make_context(const Model& model, const ModelOptions& options,
+                                               ThreadPool& pool, int max_tokens) {
   const auto storage =
       options.kv == "f32" ? FullPrecisionCache::Storage::F32 : FullPrecisionCache::Storage::F16;
-  auto cache = std::make_unique<FullPrecisionCache>(loaded.model->kv_shape(options.context),
-                                                    loaded.model->rope(), storage);
-  loaded.context = std::make_unique<InferenceContext>(*loaded.model, std::move(cache), *loaded.pool,
-                                                      options.batch);
-  return loaded;
+  auto cache =
+      std::make_unique<FullPrecisionCache>(model.kv_shape(max_tokens), model.rope(), storage);
+  return std::make_unique<InferenceContext>(model, std::move(cache), pool, options.batch);
 }
 
 }  // namespace squat::apps

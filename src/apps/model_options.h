@@ -33,4 +33,8 @@ struct LoadedModel {
 // Validates the options, loads the model and tokenizer and makes the context and its cache.
 LoadedModel load_model(const ModelOptions& options);
 
+// A fresh context of `max_tokens` tokens with the cache the options ask for.
+std::unique_ptr<InferenceContext> make_context(const Model& model, const ModelOptions& options,
+                                               ThreadPool& pool, int max_tokens);
+
 }  // namespace squat::apps
