@@ -20,6 +20,10 @@
 
 #include "squat/kv_quant.h"
 
+namespace squat {
+class ThreadPool;
+}
+
 namespace squat::kv {
 
 enum class CacheMethod { F32, F16, Int8, Int4, Kivi, Squat };
@@ -120,7 +124,8 @@ class LayerCache {
   // q [n_q, n_heads, d] (query heads h with h / n_rep == kv_head are stacked as rows).
   // Call before appending the prompt's keys. Calling again replaces the states for later
   // flushes. No-op for other methods.
-  void set_queries(const float* q, std::size_t n_q, int n_heads);
+  // With a pool, KV heads are processed in parallel.
+  void set_queries(const float* q, std::size_t n_q, int n_heads, ThreadPool* pool = nullptr);
   // Uses given states (one per KV head), e.g. loaded from a file.
   void set_states(std::vector<SquatState> states);
   const std::vector<SquatState>& states() const;
@@ -133,7 +138,9 @@ class LayerCache {
   // Attention of q [n_q, n_heads, d] (RoPE-rotated, at positions q_pos) over everything
   // stored, causal (a query at p sees keys at positions <= p); out [n_q, n_heads, d].
   // Queries that see no key get zeros.
-  void attend(const float* q, std::size_t n_q, int n_heads, const int* q_pos, float* out) const;
+  // With a pool, KV heads run in parallel.
+  void attend(const float* q, std::size_t n_q, int n_heads, const int* q_pos, float* out,
+              ThreadPool* pool = nullptr) const;
   // Only the query heads of one KV head (the rest of out is untouched).
   void attend_head(int kv_head, const float* q, std::size_t n_q, int n_heads, const int* q_pos,
                    float* out) const;
@@ -156,7 +163,11 @@ class LayerCache {
   // Stored contents of one KV head as floats [tokens, d]: keys as stored (pre-RoPE keys not
   // rotated), values in the original basis (Hadamard undone). Scalar path.
   void dequantize(int kv_head, float* keys, float* values) const;
-  void clear();  // drops tokens, keeps states
+  void clear();  // drops tokens, keeps states (and capacity)
+  // Reserves storage for n_tokens (avoids reallocation while decoding) and RoPE rows.
+  void reserve(std::size_t n_tokens);
+  // Bytes actually allocated (vector capacities), >= bytes().
+  std::size_t allocated_bytes() const;
 
  private:
   struct Impl;

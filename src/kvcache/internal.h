@@ -45,6 +45,14 @@ class FloatStore {
       std::memcpy(out, f_.data() + i, n * sizeof(float));
     }
   }
+  void reserve(std::size_t n) {
+    if (f16_) {
+      h_.reserve(n);
+    } else {
+      f_.reserve(n);
+    }
+  }
+  std::size_t capacity_bytes() const { return h_.capacity() * 2 + f_.capacity() * 4; }
   void erase_front(std::size_t n) {
     if (f16_) {
       h_.erase(h_.begin(), h_.begin() + std::ptrdiff_t(n));

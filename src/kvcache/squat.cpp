@@ -137,6 +137,12 @@ SquatState SquatState::from_queries(const float* q, std::size_t rows, int d,
     return identity(d, opt.quant_group_size);
   }
   identity(d, opt.quant_group_size);  // validates d and g
+  for (std::size_t i = 0; i < rows * std::size_t(d); ++i) {
+    if (!std::isfinite(q[i])) {
+      fail("SQuat queries contain a non-finite value ({}) at row {}, column {}", q[i],
+           i / std::size_t(d), i % std::size_t(d));
+    }
+  }
   int r = 0;
   const std::vector<double> qh =
       query_subspace(q, rows, d, opt.subspace_dim, opt.power_method, opt.power_iterations, &r);

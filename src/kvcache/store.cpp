@@ -2,9 +2,13 @@
 // attention over it (block-by-block dequantization, online softmax, RoPE for pre-RoPE keys).
 #include <algorithm>
 #include <cmath>
+#include <exception>
+#include <functional>
 #include <limits>
+#include <mutex>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "kvcache/internal.h"
 #include "kvcache/simd.h"
 #include "squat/kvcache.h"
@@ -229,7 +233,33 @@ std::size_t LayerCache::quantized_values() const { return impl_->n_vq; }
 const std::vector<SquatState>& LayerCache::states() const { return impl_->states; }
 bool LayerCache::has_states() const { return !impl_->states.empty(); }
 
-void LayerCache::set_queries(const float* q, std::size_t n_q, int n_heads) {
+namespace {
+
+// Runs body(h) for every KV head, on the pool when given; the first exception is rethrown on
+// the calling thread (workers must not throw).
+void for_each_head(int n, ThreadPool* pool, const std::function<void(int)>& body) {
+  if (!pool || pool->size() <= 1 || n <= 1) {
+    for (int h = 0; h < n; ++h) body(h);
+    return;
+  }
+  std::mutex mu;
+  std::exception_ptr error;
+  pool->parallel_for(std::size_t(n), [&](std::size_t begin, std::size_t end, int) {
+    for (std::size_t h = begin; h < end; ++h) {
+      try {
+        body(int(h));
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!error) error = std::current_exception();
+      }
+    }
+  });
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace
+
+void LayerCache::set_queries(const float* q, std::size_t n_q, int n_heads, ThreadPool* pool) {
   Impl& m = *impl_;
   if (m.cfg.method != CacheMethod::Squat) return;
   if (n_heads % m.n_kv != 0) {
@@ -242,18 +272,18 @@ void LayerCache::set_queries(const float* q, std::size_t n_q, int n_heads) {
   opt.quant_group_size = m.cfg.quant_group_size;
   opt.power_method = m.cfg.power_method;
   opt.power_iterations = m.cfg.power_iterations;
-  std::vector<SquatState> states;
-  std::vector<float> rows(n_q * std::size_t(n_rep) * m.D());
-  for (int h = 0; h < m.n_kv; ++h) {
+  std::vector<SquatState> states(std::size_t(m.n_kv));
+  for_each_head(m.n_kv, pool, [&](int h) {
     // Rows ordered (query head, token) like stacking the n_rep heads' [L, d] matrices.
+    std::vector<float> rows(n_q * std::size_t(n_rep) * m.D());
     for (int r = 0; r < n_rep; ++r) {
       for (std::size_t i = 0; i < n_q; ++i) {
         const float* src = q + (i * std::size_t(n_heads) + std::size_t(h * n_rep + r)) * m.D();
         std::copy(src, src + m.D(), rows.data() + (std::size_t(r) * n_q + i) * m.D());
       }
     }
-    states.push_back(SquatState::from_queries(rows.data(), rows.size() / m.D(), m.d, opt));
-  }
+    states[std::size_t(h)] = SquatState::from_queries(rows.data(), rows.size() / m.D(), m.d, opt);
+  });
   m.states = std::move(states);
 }
 
@@ -504,9 +534,47 @@ void LayerCache::attend_head(int kv_head, const float* q, std::size_t n_q, int n
   }
 }
 
-void LayerCache::attend(const float* q, std::size_t n_q, int n_heads, const int* q_pos,
-                        float* out) const {
-  for (int h = 0; h < impl_->n_kv; ++h) attend_head(h, q, n_q, n_heads, q_pos, out);
+void LayerCache::attend(const float* q, std::size_t n_q, int n_heads, const int* q_pos, float* out,
+                        ThreadPool* pool) const {
+  if (n_heads % impl_->n_kv != 0) {
+    fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, impl_->n_kv);
+  }
+  for_each_head(impl_->n_kv, pool, [&](int h) { attend_head(h, q, n_q, n_heads, q_pos, out); });
+}
+
+void LayerCache::reserve(std::size_t n_tokens) {
+  Impl& m = *impl_;
+  const std::size_t D = m.D();
+  for (HeadStore& hs : m.heads) {
+    if (m.kivi_like || m.int_method) {
+      const bool pc = m.key_layout == GroupLayout::PerChannel;
+      const std::size_t kgroups =
+          pc ? (n_tokens / std::size_t(m.G) + 1) * D : n_tokens * (D / std::size_t(m.G));
+      hs.kq.codes.reserve(pc ? n_tokens * packed_bytes(D, m.kbits) : kgroups * m.gb(m.kbits));
+      hs.kq.scale.reserve(kgroups);
+      hs.kq.min.reserve(kgroups);
+      const std::size_t vgroups = n_tokens * (D / std::size_t(m.G));
+      hs.vq.codes.reserve(vgroups * m.gb(m.vbits));
+      hs.vq.scale.reserve(vgroups);
+      hs.vq.min.reserve(vgroups);
+      hs.kres.reserve((std::size_t(m.R) + 1) * D);
+      hs.vres.reserve((std::size_t(m.R) + 1) * D);
+    } else {
+      hs.kres.reserve(n_tokens * D);
+      hs.vres.reserve(n_tokens * D);
+    }
+  }
+  if (m.rope) m.rope->ensure(n_tokens);
+}
+
+std::size_t LayerCache::allocated_bytes() const {
+  std::size_t b = 0;
+  for (const HeadStore& hs : impl_->heads) {
+    b += hs.kq.codes.capacity() + hs.kq.scale.capacity_bytes() + hs.kq.min.capacity_bytes() +
+         hs.vq.codes.capacity() + hs.vq.scale.capacity_bytes() + hs.vq.min.capacity_bytes() +
+         hs.kres.capacity_bytes() + hs.vres.capacity_bytes();
+  }
+  return b;
 }
 
 // ---- Scalar reference ----------------------------------------------------------------------

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "squat/kvcache.h"
 
 using namespace squat::kv;
@@ -419,4 +420,40 @@ TEST(KvStore, WholeCacheStatesSaveAndLoad) {
   KvCache wrong(cfg, layers + 1, n_kv, d, make_rope(d, RopeLayout::Normal));
   EXPECT_THROW(wrong.load_states(path), squat::Error);
   std::remove(path.c_str());
+}
+
+TEST(KvStore, ReserveAndThreadPoolKeepResults) {
+  const int d = 64, n_kv = 3, n_heads = 9;
+  const std::size_t n = 150;
+  CacheConfig cfg;
+  cfg.quant_group_size = 32;
+  const RopeSpec rope = make_rope(d, RopeLayout::Neox);
+  const auto k = randn(n * n_kv * d, 41), v = randn(n * n_kv * d, 42);
+  const auto q = randn(n * n_heads * d, 43);
+  std::vector<int> pos(n);
+  for (std::size_t i = 0; i < n; ++i) pos[i] = int(i);
+  squat::ThreadPool pool(2);
+  KvCache a(cfg, 1, n_kv, d, rope), b(cfg, 1, n_kv, d, rope);
+  b.layer(0).reserve(n);
+  const std::size_t reserved = b.layer(0).allocated_bytes();
+  a.layer(0).set_queries(q.data(), n, n_heads);
+  b.layer(0).set_queries(q.data(), n, n_heads, &pool);
+  for (int h = 0; h < n_kv; ++h) {
+    EXPECT_TRUE(a.layer(0).states()[std::size_t(h)] == b.layer(0).states()[std::size_t(h)]);
+  }
+  a.layer(0).append(k.data(), v.data(), n);
+  for (std::size_t t = 0; t < n; ++t) {
+    b.layer(0).append(k.data() + t * n_kv * d, v.data() + t * n_kv * d, 1);
+  }
+  EXPECT_EQ(b.layer(0).allocated_bytes(), reserved);  // no reallocation while decoding
+  EXPECT_GE(b.layer(0).allocated_bytes(), b.layer(0).bytes());
+  EXPECT_GT(b.layer(0).state_bytes(), 0u);
+  std::vector<float> oa(q.size()), ob(q.size());
+  a.layer(0).attend(q.data(), n, n_heads, pos.data(), oa.data());
+  b.layer(0).attend(q.data(), n, n_heads, pos.data(), ob.data(), &pool);
+  EXPECT_EQ(oa, ob);
+  // Errors inside pool workers reach the caller.
+  std::vector<float> bad = q;
+  bad[5] = NAN;
+  EXPECT_THROW(b.layer(0).set_queries(bad.data(), n, n_heads, &pool), squat::Error);
 }
