@@ -227,24 +227,27 @@ void UnpackImpl(const uint8_t* packed, std::size_t n, int bits, float* out) {
   const auto vidx = hn::SetTableIndices(du, idx);
   const auto vshift = hn::Load(du, shift);
   const auto vmask = hn::Set(du, mask);
-  // Work through a zero-padded copy so whole-vector byte loads never read past the input.
-  constexpr std::size_t kChunk = 256;  // codes per chunk
-  HWY_ALIGN uint8_t buf[kChunk + 2 * hn::MaxLanes(df)];
-  for (std::size_t c0 = 0; c0 < n; c0 += kChunk) {
-    const std::size_t cn = std::min(kChunk, n - c0);
-    const std::size_t nbytes = (cn * std::size_t(bits) + 7) / 8;
-    std::memcpy(buf, packed + c0 / per, nbytes);
-    std::memset(buf + nbytes, 0, sizeof(buf) - nbytes);
-    std::size_t i = 0;
-    for (; i + N <= cn; i += N) {
-      auto v = hn::PromoteTo(du, hn::LoadU(d8, buf + i / per));
-      if (per > 1) v = hn::And(hn::Shr(hn::TableLookupLanes(v, vidx), vshift), vmask);
-      hn::StoreU(hn::ConvertTo(df, hn::BitCast(di, v)), df, out + c0 + i);
-    }
-    for (; i < cn; ++i) {
-      const std::size_t bit = i * std::size_t(bits);
-      out[c0 + i] = float((buf[bit / 8] >> (bit % 8)) & mask);
-    }
+  // Whole-vector byte loads (N bytes) straight from the input while they stay inside it; the
+  // rest goes through a zero-padded copy so nothing is read past the input.
+  const std::size_t total_bytes = (n * std::size_t(bits) + 7) / 8;
+  std::size_t i = 0;
+  for (; i + N <= n && i / per + N <= total_bytes; i += N) {
+    auto v = hn::PromoteTo(du, hn::LoadU(d8, packed + i / per));
+    if (per > 1) v = hn::And(hn::Shr(hn::TableLookupLanes(v, vidx), vshift), vmask);
+    hn::StoreU(hn::ConvertTo(df, hn::BitCast(di, v)), df, out + i);
+  }
+  if (i == n) return;
+  HWY_ALIGN uint8_t buf[4 * hn::MaxLanes(df)];
+  const std::size_t start = i / per;               // i is a multiple of N, hence of per
+  const std::size_t nbytes = total_bytes - start;  // < N + N / per <= 2N
+  std::memcpy(buf, packed + start, nbytes);
+  std::memset(buf + nbytes, 0, sizeof(buf) - nbytes);
+  for (std::size_t j = 0; i + j < n; j += N) {
+    auto v = hn::PromoteTo(du, hn::LoadU(d8, buf + j / per));
+    if (per > 1) v = hn::And(hn::Shr(hn::TableLookupLanes(v, vidx), vshift), vmask);
+    HWY_ALIGN float tmp[hn::MaxLanes(df)];
+    hn::Store(hn::ConvertTo(df, hn::BitCast(di, v)), df, tmp);
+    for (std::size_t k = 0; k < N && i + j + k < n; ++k) out[i + j + k] = tmp[k];
   }
 }
 

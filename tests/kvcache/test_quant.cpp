@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/fp16.h"
+#include "kvcache/simd.h"
 #include "squat/kv_quant.h"
 
 using namespace squat::kv;
@@ -34,6 +35,24 @@ TEST(KvPack, RoundTripsEveryBitWidth) {
       pack_codes(codes.data(), n, bits, packed.data());
       unpack_codes(packed.data(), n, bits, back.data());
       EXPECT_EQ(codes, back) << "bits " << bits << " n " << n;
+    }
+  }
+}
+
+TEST(KvPack, SimdUnpackMatchesScalar) {
+  std::mt19937_64 rng(2);
+  for (int bits : {2, 4, 8}) {
+    for (std::size_t n = 1; n <= 300; n += (n < 70 ? 1 : 37)) {
+      std::vector<uint8_t> codes(n), back(n);
+      for (auto& c : codes) c = uint8_t(rng() % (1u << bits));
+      // Exactly sized heap buffer: reading past it would be caught by the sanitizer build.
+      std::vector<uint8_t> packed(packed_bytes(n, bits));
+      pack_codes(codes.data(), n, bits, packed.data());
+      std::vector<float> out(n, -1.0f);
+      squat::kv::simd::unpack_f32(packed.data(), n, bits, out.data());
+      for (std::size_t i = 0; i < n; ++i) {
+        ASSERT_EQ(out[i], float(codes[i])) << "bits " << bits << " n " << n << " i " << i;
+      }
     }
   }
 }
