@@ -138,6 +138,38 @@ BENCHMARK(BM_DecodeAttention4K)
     ->Args({int(CacheMethod::Squat), 2, 64, 0})
     ->Unit(benchmark::kMicrosecond);
 
+// Prefill through the cache: 512 queries (causal) over the 512 tokens just appended (one layer,
+// 3 KV heads, 9 query heads, d = 64, pre-RoPE). args: method, bits
+void BM_PrefillAttention512(benchmark::State& state) {
+  const CacheMethod m = CacheMethod(state.range(0));
+  const int d = 64, n_kv = 3, n_heads = 9;
+  const std::size_t n = 512;
+  CacheConfig cfg;
+  cfg.method = m;
+  cfg.k_bits = cfg.v_bits = int(state.range(1));
+  cfg.quant_group_size = 32;
+  KvCache cache(cfg, 1, n_kv, d, rope(d));
+  const std::vector<float> q = queries(n * std::size_t(n_heads), std::size_t(d), 8);
+  cache.layer(0).set_queries(q.data(), n, n_heads);
+  const std::vector<float> k = randn(n * std::size_t(n_kv * d), 9),
+                           v = randn(n * std::size_t(n_kv * d), 10);
+  cache.layer(0).append(k.data(), v.data(), n);
+  std::vector<int> pos(n);
+  for (std::size_t i = 0; i < n; ++i) pos[i] = int(i);
+  std::vector<float> out(q.size());
+  for (auto _ : state) {
+    cache.layer(0).attend(q.data(), n, n_heads, pos.data(), out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetLabel(cfg.describe());
+}
+BENCHMARK(BM_PrefillAttention512)
+    ->ArgNames({"method", "bits"})
+    ->Args({int(CacheMethod::F32), 0})
+    ->Args({int(CacheMethod::Kivi), 2})
+    ->Args({int(CacheMethod::Squat), 2})
+    ->Unit(benchmark::kMillisecond);
+
 }  // namespace
 
 BENCHMARK_MAIN();
