@@ -69,6 +69,7 @@ void run_rows(const Call& c, std::size_t r0, std::size_t r1) {
   switch (w.type) {
     case TensorType::Q4_0:
     case TensorType::Q4_1:
+    case TensorType::Q4_K:
     case TensorType::Q8_0: {
       float* scratch = grow(t_scratch, 60 * c.xq.nbp);
       detail::q8_rows(w.type, w.data, w.row_bytes, r0, r1, c.xq, c.n, c.y, w.rows, scratch);
@@ -134,21 +135,47 @@ void run(const WeightView& w, const float* x, std::size_t n, float* y, ThreadPoo
       row_grain(w, n));
 }
 
-// Scalar decoding of one weight block of the quantized fast paths as x = d*q + m.
-void q8_block(TensorType type, const uint8_t* b, int q[32], float& d, float& m) {
+// Scalar decoding of 32-element block b of a weight row on the quantized fast paths, as
+// x = d*q + m.
+void q8_block(TensorType type, const uint8_t* row, std::size_t b, int q[32], float& d, float& m) {
   uint16_t h;
-  std::memcpy(&h, b, 2);
+  if (type == TensorType::Q4_K) {
+    // Super-block b/8: d, dmin, 12 bytes of 6-bit scales/mins, 128 nibble bytes; sub-block
+    // s = b%8 is nibble s%2 of bytes 32*(s/2) .. +32 (dequant.cpp spells out the packing).
+    const uint8_t* sb = row + (b / 8) * 144;
+    const int s = int(b % 8);
+    std::memcpy(&h, sb, 2);
+    const float dsuper = fp16_to_float(h);
+    std::memcpy(&h, sb + 2, 2);
+    const float dmin = fp16_to_float(h);
+    const uint8_t* sc = sb + 4;
+    int scale, min;
+    if (s < 4) {
+      scale = sc[s] & 63;
+      min = sc[s + 4] & 63;
+    } else {
+      scale = (sc[s + 4] & 0x0f) | ((sc[s - 4] >> 6) << 4);
+      min = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
+    }
+    d = dsuper * float(scale);
+    m = -(dmin * float(min));
+    const uint8_t* qs = sb + 16 + 32 * (s / 2);
+    for (int j = 0; j < 32; ++j) q[j] = s % 2 ? qs[j] >> 4 : qs[j] & 0x0f;
+    return;
+  }
+  const uint8_t* blk = row + b * gguf::traits(type).block_bytes;
+  std::memcpy(&h, blk, 2);
   d = fp16_to_float(h);
   if (type == TensorType::Q8_0) {
     m = 0.0f;
-    for (int j = 0; j < 32; ++j) q[j] = int8_t(b[2 + j]);
+    for (int j = 0; j < 32; ++j) q[j] = int8_t(blk[2 + j]);
     return;
   }
-  const uint8_t* qs = b + 2;
+  const uint8_t* qs = blk + 2;
   if (type == TensorType::Q4_1) {
-    std::memcpy(&h, b + 2, 2);
+    std::memcpy(&h, blk + 2, 2);
     m = fp16_to_float(h);
-    qs = b + 4;
+    qs = blk + 4;
   } else {  // Q4_0: d*(q - 8) = d*q + (-8d)
     m = -8.0f * d;
   }
@@ -161,7 +188,8 @@ void q8_block(TensorType type, const uint8_t* b, int q[32], float& d, float& m) 
 }  // namespace
 
 bool uses_q8_activations(TensorType type) {
-  return type == TensorType::Q4_0 || type == TensorType::Q4_1 || type == TensorType::Q8_0;
+  return type == TensorType::Q4_0 || type == TensorType::Q4_1 || type == TensorType::Q8_0 ||
+         type == TensorType::Q4_K;
 }
 
 void quantize_activations_q8(const float* x, std::size_t n, int8_t* q, float* d, float* s) {
@@ -218,7 +246,6 @@ void matmul_q8_ref(const WeightView& w, const float* x, std::size_t n, float* y)
   if (!uses_q8_activations(w.type)) return matmul_ref(w, x, n, y);
   check_view(w);
   const std::size_t nb = w.cols / kQ8Block;
-  const std::size_t bytes = gguf::traits(w.type).block_bytes;
   std::vector<int8_t> q(w.cols);
   std::vector<float> d(nb), s(nb);
   for (std::size_t i = 0; i < n; ++i) {
@@ -228,7 +255,7 @@ void matmul_q8_ref(const WeightView& w, const float* x, std::size_t n, float* y)
       for (std::size_t b = 0; b < nb; ++b) {
         int qw[32];
         float dw, mw;
-        q8_block(w.type, w.data + r * w.row_bytes + b * bytes, qw, dw, mw);
+        q8_block(w.type, w.data + r * w.row_bytes, b, qw, dw, mw);
         long isum = 0;
         for (std::size_t j = 0; j < kQ8Block; ++j) isum += long(qw[j]) * q[b * kQ8Block + j];
         sum += double(dw) * double(d[b]) * double(isum) + double(mw) * double(s[b]);

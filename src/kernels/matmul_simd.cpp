@@ -82,12 +82,47 @@ struct Q8_0Format {
   static constexpr bool kMinFromScale = false;
   static constexpr std::size_t kQs = 2;
 };
+// Q4_K: 256-element super-blocks of 144 bytes; each 32-element sub-block b is one nibble (low
+// for even b, high for odd) of 32 consecutive bytes, with d = d_super * scale(b) and
+// m = -dmin * min(b), so it runs as Q4_1 with these per-sub-block scales.
+struct Q4_KFormat {
+  static constexpr std::size_t kBytes = 0;  // not a fixed stride per 32 elements
+  static constexpr bool kHasMin = true;
+  static constexpr bool kMinFromScale = false;
+  static constexpr std::size_t kQs = 0;
+  static const uint8_t* nibbles(const uint8_t* row, std::size_t b) {
+    return row + (b / 8) * 144 + 16 + 32 * ((b % 8) / 2);
+  }
+};
+
+template <class F>
+constexpr bool kIsQ4K = F::kBytes == 0;
+
+template <class F>
+HWY_INLINE const uint8_t* BlockPtr(const uint8_t* row, std::size_t b) {
+  return row + b * F::kBytes;
+}
 
 // Converts the fp16 scales (and mins) of `rw` rows to float: dw[r*nbp + b], mw[r*nbp + b] for
 // b < nb (the caller zeroes [nb, nbp) once). The halves sit at a fixed stride through the blocks.
 template <class F>
 HWY_INLINE void GatherScales(const uint8_t* const* rows, int rw, std::size_t nb, std::size_t nbp,
                              float* dw, float* mw) {
+  if constexpr (kIsQ4K<F>) {
+    for (int r = 0; r < rw; ++r) {
+      for (std::size_t i = 0; i < nb / 8; ++i) {
+        const uint8_t* sb = rows[r] + i * 144;
+        const float d = LoadF16(sb), dmin = LoadF16(sb + 2);
+        for (int j = 0; j < 8; ++j) {
+          int sc, m;
+          dq::k_scale_min(sb + 4, j, sc, m);
+          dw[r * nbp + 8 * i + std::size_t(j)] = d * float(sc);
+          mw[r * nbp + 8 * i + std::size_t(j)] = -(dmin * float(m));
+        }
+      }
+    }
+    return;
+  }
   for (int r = 0; r < rw; ++r) {
     const uint8_t* p = rows[r];
     float* d_out = dw + r * nbp;
@@ -172,7 +207,13 @@ struct Prepared {
 };
 
 template <class F, int RX>
-HWY_INLINE Prepared LoadBlock(const uint8_t* block) {
+HWY_INLINE Prepared LoadBlock(const uint8_t* row, std::size_t b) {
+  if constexpr (kIsQ4K<F>) {  // one nibble of 32 bytes
+    __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(F::nibbles(row, b)));
+    if (b & 1) v = _mm256_srli_epi16(v, 4);
+    return {_mm256_and_si256(v, _mm256_set1_epi8(0x0f)), _mm256_setzero_si256()};
+  }
+  const uint8_t* block = BlockPtr<F>(row, b);
   if constexpr (F::kHasMin) {  // Q4_1: 16 nibble bytes, low nibbles are elements 0..15
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + F::kQs));
     const __m256i both =
@@ -229,7 +270,7 @@ HWY_INLINE void QuantTile(const uint8_t* const* rows, const float* scale, const 
   }
   for (std::size_t b = 0; b < nb; ++b) {
     Prepared w[RW];
-    for (int r = 0; r < RW; ++r) w[r] = LoadBlock<F, RX>(rows[r] + b * F::kBytes);
+    for (int r = 0; r < RW; ++r) w[r] = LoadBlock<F, RX>(rows[r], b);
     for (int c = 0; c < RX; ++c) {
       const __m256i xv =
           PrepareX<F, RX>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[c] + 32 * b)));
@@ -254,11 +295,14 @@ HWY_INLINE void QuantTile(const uint8_t* const* rows, const float* scale, const 
     for (int c = 0; c < RX; ++c) {
       float sum = 0.0f;
       for (std::size_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = rows[r] + b * F::kBytes;
+        const uint8_t* blk = BlockPtr<F>(rows[r], b);
         int32_t isum = 0;
         for (int j = 0; j < 32; ++j) {
           int q;
-          if constexpr (F::kHasMin) {
+          if constexpr (kIsQ4K<F>) {
+            const uint8_t byte = F::nibbles(rows[r], b)[j];
+            q = (b & 1) ? (byte >> 4) : (byte & 0x0f);
+          } else if constexpr (F::kHasMin) {
             q = j < 16 ? (blk[F::kQs + j] & 0x0f) : (blk[F::kQs + j - 16] >> 4);
           } else {
             q = int8_t(blk[2 + j]);
@@ -312,7 +356,16 @@ struct PairBlock {
 };
 
 template <class F>
-HWY_INLINE PairBlock LoadPairBlock(const uint8_t* b0, const uint8_t* b1) {
+HWY_INLINE PairBlock LoadPairBlock(const uint8_t* row0, const uint8_t* row1, std::size_t b) {
+  if constexpr (kIsQ4K<F>) {
+    const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(F::nibbles(row0, b)));
+    const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(F::nibbles(row1, b)));
+    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(v0), v1, 1);
+    if (b & 1) z = _mm512_srli_epi16(z, 4);
+    return {_mm512_and_si512(z, _mm512_set1_epi8(0x0f)), _mm512_setzero_si512()};
+  }
+  const uint8_t* b0 = BlockPtr<F>(row0, b);
+  const uint8_t* b1 = BlockPtr<F>(row1, b);
   if constexpr (F::kHasMin) {
     const __m128i v0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + F::kQs));
     const __m128i v1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b1 + F::kQs));
@@ -363,8 +416,8 @@ HWY_INLINE void QuantTilePairs(const uint8_t* const* rows, const float* dw, cons
   }
   const __m512i bias = _mm512_set1_epi8(char(0x80));
   for (std::size_t b = 0; b < nb; ++b) {
-    const PairBlock w0 = LoadPairBlock<F>(rows[0] + b * F::kBytes, rows[1] + b * F::kBytes);
-    const PairBlock w1 = LoadPairBlock<F>(rows[2] + b * F::kBytes, rows[3] + b * F::kBytes);
+    const PairBlock w0 = LoadPairBlock<F>(rows[0], rows[1], b);
+    const PairBlock w1 = LoadPairBlock<F>(rows[2], rows[3], b);
     __m512 s0, s1;
     if constexpr (RX == 1) {  // one x row (decode): build [dw(r) x8 | dw(r+1) x8] here
       s0 = _mm512_mask_broadcastss_ps(_mm512_set1_ps(dw[b]), 0xff00, _mm_load_ss(dw + nbp + b));
@@ -508,6 +561,8 @@ void Q8RowsImpl(TensorType type, const uint8_t* w, std::size_t row_bytes, std::s
       return QuantRows<Q4_1Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
     case TensorType::Q4_0:
       return QuantRows<Q4_0Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
+    case TensorType::Q4_K:
+      return QuantRows<Q4_KFormat>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
     default:
       return QuantRows<Q8_0Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
   }

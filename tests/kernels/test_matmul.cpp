@@ -91,10 +91,19 @@ std::vector<float> make_x(std::size_t n, std::size_t cols, Fill fill, std::mt199
   return x;
 }
 
-// Offset m_b of a weight block as x = d*q + m on the quantized paths: Q4_1's m, Q4_0's -8d,
-// 0 otherwise.
+// Offset m_b of a 32-element block as x = d*q + m on the quantized paths: Q4_1's m, Q4_0's
+// -8d, Q4_K's -dmin * min (6-bit mins: bytes 4..7 low bits for sub-blocks 0..3, else the high
+// nibble of bytes 8..11 plus bits 6..7 of bytes 4..7), 0 otherwise.
 float block_min(const WeightView& w, std::size_t r, std::size_t b) {
   uint16_t h;
+  if (w.type == TensorType::Q4_K) {
+    const uint8_t* sb = w.data + r * w.row_bytes + (b / 8) * 144;
+    const std::size_t s = b % 8;
+    std::memcpy(&h, sb + 2, 2);
+    const uint8_t* sc = sb + 4;
+    const int min = s < 4 ? sc[s + 4] & 63 : (sc[s + 4] >> 4) | (sc[s] >> 6) << 4;
+    return -fp16_to_float(h) * float(min);
+  }
   if (w.type == TensorType::Q4_1) {
     std::memcpy(&h, w.data + r * w.row_bytes + b * 20 + 2, 2);
     return fp16_to_float(h);
