@@ -35,8 +35,15 @@ build: deps $(BUILD)/build.ninja
 model:
 	@scripts/fetch-model >/dev/null
 
+# The seed example: GSM8K 5-shot prompt, SQuat 2-bit keys and values, greedy; prints the answer,
+# then the cache's size beside fp16's and the speed. Another model: make demo MODEL=path.gguf
 demo: build model
-	$(BUILD)/squat run -m $(MODEL) -p "The capital of France is" -n 32 --temp 0
+	@scripts/gsm8k-demo-prompt > $(BUILD)/demo-prompt.txt
+	@echo "squat run: GSM8K 5-shot, --kv squat --k-bits 2 --v-bits 2, greedy"
+	@echo "Question: John takes care of 10 dogs. Each dog takes .5 hours a day to walk and take care of their business. How many hours a week does he spend taking care of dogs?"
+	@printf "Answer:"
+	@$(BUILD)/squat run -m $(MODEL) -f $(BUILD)/demo-prompt.txt --no-display-prompt \
+	  --kv squat --k-bits 2 --v-bits 2 --temp 0 -n 160 --stop "Question:"
 
 test: test-release test-sanitize
 

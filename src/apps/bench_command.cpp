@@ -14,6 +14,7 @@
 #include "apps/commands.h"
 #include "apps/model_options.h"
 #include "core/error.h"
+#include "core/files.h"
 #include "model/sampler.h"
 
 namespace squat::apps {
@@ -124,11 +125,7 @@ void bench(const BenchOptions& options) {
                              {"runs_decode_tokens_per_s", row.decode_tps},
                              {"cache_bytes", row.cache_bytes}});
     }
-    const std::string temp = options.json_path + ".partial";
-    std::ofstream(temp) << out.dump(2) << "\n";
-    if (std::rename(temp.c_str(), options.json_path.c_str()) != 0) {
-      fail("cannot write '{}'", options.json_path);
-    }
+    write_file_atomically(options.json_path, out.dump(2) + "\n");
   }
 }
 

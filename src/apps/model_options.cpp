@@ -3,9 +3,58 @@
 #include <thread>
 
 #include "core/error.h"
-#include "model/full_cache.h"
+#include "model/store_cache.h"
 
 namespace squat::apps {
+
+namespace {
+
+// Cache flags that mean something only for some methods; giving one to another method is
+// refused rather than silently ignored.
+struct MethodFlag {
+  const char* flag;
+  bool kivi, squat;
+};
+constexpr MethodFlag kMethodFlags[] = {
+    {"--k-bits", true, true},
+    {"--v-bits", true, true},
+    {"--residual-length", true, true},
+    {"--key-quant", true, true},
+    {"--quant-group-size", false, true},
+    {"--subspace-dim", false, true},
+    {"--lambda", false, true},
+    {"--query-rope", false, true},
+    {"--power-method", false, true},
+    {"--save-subspace", false, true},
+    {"--load-subspace", false, true},
+};
+
+}  // namespace
+
+kv::CacheConfig ModelOptions::cache_config(int head_dim) const {
+  kv::CacheConfig c;
+  c.method = kv::parse_method(kv);
+  c.k_bits = k_bits;
+  c.v_bits = v_bits;
+  c.group_size = group_size;
+  c.residual_length = residual_length;
+  c.quant_group_size = quant_group_size;
+  c.subspace_dim = subspace_dim;
+  c.lambda = lambda;
+  c.key_quant = key_quant == "per-token" ? kv::GroupLayout::PerToken : kv::GroupLayout::PerChannel;
+  const bool kivi_like = c.method == kv::CacheMethod::Kivi || c.method == kv::CacheMethod::Squat;
+  const std::string rope = key_rope.empty() ? (kivi_like ? "pre" : "post") : key_rope;
+  c.key_rope = rope == "pre" ? kv::KeyRope::Pre : kv::KeyRope::Post;
+  c.query_rope = query_rope == "before" ? kv::QueryRope::Before : kv::QueryRope::After;
+  c.power_method = power_method;
+  c.hadamard = hadamard;
+  try {
+    c.validate(head_dim);
+  } catch (const Error& e) {
+    fail_usage("invalid KV cache options for --kv {}: {}", kv, e.what());
+  }
+  return c;
+}
 
 void add_model_options(CLI::App& cmd, ModelOptions& options) {
   cmd.add_option("-m,--model", options.model_path, "GGUF model file")->required();
@@ -13,15 +62,84 @@ void add_model_options(CLI::App& cmd, ModelOptions& options) {
       ->check(CLI::Range(0, 1024));
   cmd.add_option("-c,--context", options.context, "Context size in tokens (prompt + output)")
       ->check(CLI::Range(1, 1 << 20));
-  cmd.add_option("-b,--batch", options.batch, "Prompt tokens per forward batch")
-      ->check(CLI::Range(1, 8192));
-  cmd.add_option("--kv", options.kv, "KV cache storage: f32 or f16")
-      ->check(CLI::IsMember({"f32", "f16"}));
+  cmd.add_option("-b,--batch", options.batch,
+                 "Prompt tokens per forward batch (default 0: the whole prompt in one batch)")
+      ->check(CLI::Range(0, 1 << 20));
+
+  auto* group = cmd.add_option_group("KV cache", "How the KV cache is stored");
+  group->add_option("--kv", options.kv, "Cache method: f32, f16, int8, int4, kivi, squat")
+      ->check(CLI::IsMember({"f32", "f16", "int8", "int4", "kivi", "squat"}))
+      ->capture_default_str();
+  group->add_option("--k-bits", options.k_bits, "kivi/squat: bits per key (2, 4 or 8)")
+      ->capture_default_str();
+  group->add_option("--v-bits", options.v_bits, "kivi/squat: bits per value (2, 4 or 8)")
+      ->capture_default_str();
+  group
+      ->add_option("--group-size", options.group_size,
+                   "Tokens per per-channel key group; channels per value/per-token group")
+      ->capture_default_str();
+  group
+      ->add_option("--residual-length", options.residual_length,
+                   "kivi/squat: recent tokens kept in full precision (multiple of the group size)")
+      ->capture_default_str();
+  group
+      ->add_option("--quant-group-size", options.quant_group_size,
+                   "squat: channels per block of the block-sequential key quantizer")
+      ->capture_default_str();
+  group
+      ->add_option("--subspace-dim", options.subspace_dim,
+                   "squat: dimension r of the prompt's query subspace")
+      ->capture_default_str();
+  group->add_option("--lambda", options.lambda, "squat: weight of the query subspace in the metric")
+      ->capture_default_str();
+  group
+      ->add_option("--key-quant", options.key_quant,
+                   "kivi/squat: key groups per-channel or per-token")
+      ->check(CLI::IsMember({"per-channel", "per-token"}))
+      ->capture_default_str();
+  group
+      ->add_option("--key-rope", options.key_rope,
+                   "Store keys before or after RoPE (default: pre for kivi/squat, post otherwise)")
+      ->check(CLI::IsMember({"pre", "post"}));
+  group
+      ->add_option("--query-rope", options.query_rope,
+                   "squat: build the subspace from queries after or before RoPE")
+      ->check(CLI::IsMember({"after", "before"}))
+      ->capture_default_str();
+  group->add_flag("--power-method", options.power_method,
+                  "squat: block power iteration instead of a thin SVD for the subspace");
+  group->add_flag("--hadamard", options.hadamard,
+                  "Rotate values by a normalized Hadamard matrix before quantizing them");
+  group->add_option("--save-subspace", options.save_subspace,
+                    "squat: write the prompt's subspace (all layers and KV heads) to FILE");
+  group
+      ->add_option("--load-subspace", options.load_subspace,
+                   "squat: use the subspace in FILE instead of computing it from the prompt")
+      ->check(CLI::ExistingFile);
+
+  options.command = &cmd;
+}
+
+void ModelOptions::check_flags() const {
+  if (!command) return;
+  for (const MethodFlag& f : kMethodFlags) {
+    if (command->count(f.flag) == 0) continue;
+    const bool applies = (kv == "kivi" && f.kivi) || (kv == "squat" && f.squat);
+    if (!applies) {
+      fail_usage("{} does not apply to --kv {} (it is for {})", f.flag, kv,
+                 f.kivi ? "kivi and squat" : "squat");
+    }
+  }
+  if (!save_subspace.empty() && !load_subspace.empty()) {
+    fail_usage("--save-subspace and --load-subspace exclude each other");
+  }
 }
 
 LoadedModel load_model(const ModelOptions& options) {
   LoadedModel loaded;
+  options.check_flags();
   loaded.model = Model::load(options.model_path);
+  options.cache_config(loaded.model->config().head_dim);  // refuse bad cache flags early
   loaded.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_gguf(loaded.model->file()));
   const int threads = options.threads > 0 ? options.threads
                                           : int(std::max(1u, std::thread::hardware_concurrency()));
@@ -32,11 +150,16 @@ LoadedModel load_model(const ModelOptions& options) {
 
 std::unique_ptr<InferenceContext> make_context(const Model& model, const ModelOptions& options,
                                                ThreadPool& pool, int max_tokens) {
-  const auto storage =
-      options.kv == "f32" ? FullPrecisionCache::Storage::F32 : FullPrecisionCache::Storage::F16;
-  auto cache =
-      std::make_unique<FullPrecisionCache>(model.kv_shape(max_tokens), model.rope(), storage);
-  return std::make_unique<InferenceContext>(model, std::move(cache), pool, options.batch);
+  auto cache = std::make_unique<StoreCache>(model.kv_shape(max_tokens), model.rope(),
+                                            options.cache_config(model.config().head_dim),
+                                            options.load_subspace);
+  const int batch = options.batch > 0 ? options.batch : max_tokens;
+  return std::make_unique<InferenceContext>(model, std::move(cache), pool, batch);
+}
+
+void save_subspace_if_asked(const ModelOptions& options, const InferenceContext& context) {
+  if (options.save_subspace.empty()) return;
+  static_cast<const StoreCache&>(context.cache()).save_subspace(options.save_subspace);
 }
 
 }  // namespace squat::apps

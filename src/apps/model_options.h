@@ -1,5 +1,5 @@
-// Flags shared by every subcommand that runs a model (run, chat, ...), parsed by one function
-// so they are spelled and checked the same way everywhere.
+// Flags shared by every subcommand that runs a model (run, chat, bench, ...), parsed by one
+// function so they are spelled, documented and checked the same way everywhere.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -8,6 +8,7 @@
 
 #include "core/thread_pool.h"
 #include "model/model.h"
+#include "squat/kvcache.h"
 #include "tokenizer/tokenizer.h"
 
 namespace squat::apps {
@@ -16,8 +17,29 @@ struct ModelOptions {
   std::string model_path;
   int threads = 0;     // 0: every core
   int context = 4096;  // tokens the cache holds
-  int batch = 256;     // prompt tokens per forward batch
+  int batch = 0;       // prompt tokens per forward batch; 0: the whole prompt at once
+  // KV cache.
   std::string kv = "f16";
+  int k_bits = 2, v_bits = 2;
+  int group_size = 32;
+  int residual_length = 32;
+  int quant_group_size = 64;
+  int subspace_dim = 20;
+  double lambda = 0.001;
+  std::string key_quant = "per-channel";
+  std::string key_rope;  // "pre" or "post"; empty: pre for kivi/squat, post otherwise
+  std::string query_rope = "after";
+  bool power_method = false;
+  bool hadamard = false;
+  std::string save_subspace;
+  std::string load_subspace;
+  const CLI::App* command = nullptr;  // set by add_model_options: which flags were given
+
+  // Refuses cache flags that the chosen method would ignore, and conflicting flags.
+  void check_flags() const;
+
+  // The library configuration these flags describe; refuses impossible combinations.
+  kv::CacheConfig cache_config(int head_dim) const;
 };
 
 void add_model_options(CLI::App& cmd, ModelOptions& options);
@@ -36,5 +58,8 @@ LoadedModel load_model(const ModelOptions& options);
 // A fresh context of `max_tokens` tokens with the cache the options ask for.
 std::unique_ptr<InferenceContext> make_context(const Model& model, const ModelOptions& options,
                                                ThreadPool& pool, int max_tokens);
+
+// Writes the SQuat subspace of a context's cache when --save-subspace was given.
+void save_subspace_if_asked(const ModelOptions& options, const InferenceContext& context);
 
 }  // namespace squat::apps

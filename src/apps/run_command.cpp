@@ -1,16 +1,19 @@
 // `squat run` (one prompt, streamed continuation) and `squat chat` (interactive loop whose
 // history stays in the KV cache).
 #include <fmt/format.h>
+#include <sys/resource.h>
 
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 
 #include "apps/commands.h"
 #include "apps/model_options.h"
 #include "core/error.h"
+#include "core/files.h"
 #include "model/generate.h"
 
 namespace squat::apps {
@@ -24,6 +27,54 @@ struct RunOptions {
   int n_predict = 128;
   SamplerParams sampling;
   bool chat = false;
+  bool display_prompt = true;
+  std::vector<std::string> stop;
+  std::string stats_json;
+};
+
+// Streams generated text to stdout and ends generation at a stop string. Text that could be
+// the start of a stop string is held back until it is known not to be one, so a stop string
+// is never printed.
+class StopStreamer {
+ public:
+  explicit StopStreamer(const std::vector<std::string>& stops) : stops_(stops) {}
+
+  // Returns false when a stop string was reached.
+  bool add(const std::string& piece) {
+    pending_ += piece;
+    for (const std::string& stop : stops_) {
+      if (const auto at = pending_.find(stop); at != std::string::npos) {
+        emit(pending_.substr(0, at));
+        pending_.clear();
+        return false;
+      }
+    }
+    // Keep the longest tail that is a proper prefix of some stop string.
+    std::size_t keep = 0;
+    for (const std::string& stop : stops_) {
+      for (std::size_t n = std::min(stop.size() - 1, pending_.size()); n > keep; --n) {
+        if (pending_.compare(pending_.size() - n, n, stop, 0, n) == 0) {
+          keep = n;
+          break;
+        }
+      }
+    }
+    emit(pending_.substr(0, pending_.size() - keep));
+    pending_.erase(0, pending_.size() - keep);
+    return true;
+  }
+  void finish() {
+    emit(pending_);
+    pending_.clear();
+  }
+
+ private:
+  static void emit(const std::string& text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+  }
+  std::vector<std::string> stops_;
+  std::string pending_;
 };
 
 void add_sampling_options(CLI::App& cmd, SamplerParams& sampling) {
@@ -48,12 +99,43 @@ void stream_token(const Tokenizer& tokenizer, int32_t token) {
   std::fflush(stdout);
 }
 
-void print_stats(const GenerationStats& stats, const KvCache& cache) {
+// Peak resident set size of this process so far, in bytes.
+std::size_t peak_rss_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return std::size_t(usage.ru_maxrss) * 1024;
+}
+
+// What a run measured, printed on stderr and optionally written as JSON.
+void report(const GenerationStats& stats, const InferenceContext& context,
+            const ModelOptions& options, const std::string& json_path) {
+  const AttentionCache& cache = context.cache();
+  const ModelConfig& c = context.model().config();
+  const std::size_t f16_bytes = std::size_t(cache.n_tokens()) * std::size_t(c.n_layers) *
+                                std::size_t(c.kv_dim()) * 2 * sizeof(uint16_t);
+  const std::size_t rss = peak_rss_bytes();
   fmt::print(stderr,
-             "\n\nprompt: {} tokens, {:.1f} tokens/s | decode: {} tokens, {:.1f} tokens/s | "
-             "KV cache: {} tokens, {} bytes\n",
+             "\n\nprompt: {} tokens, {:.1f} tokens/s | decode: {} tokens, {:.1f} tokens/s\n"
+             "KV cache ({}): {} tokens, {} bytes = {:.3f} of fp16 ({} bytes), {:.2f} bits per "
+             "element | peak RSS {:.1f} MiB\n",
              stats.prompt_tokens, stats.prompt_tokens_per_second(), stats.generated_tokens,
-             stats.decode_tokens_per_second(), cache.n_tokens(), cache.bytes());
+             stats.decode_tokens_per_second(), options.kv, cache.n_tokens(), cache.bytes(),
+             f16_bytes ? double(cache.bytes()) / double(f16_bytes) : 0.0, f16_bytes,
+             cache.bits_per_element(), double(rss) / (1 << 20));
+  if (json_path.empty()) return;
+  const nlohmann::json out = {
+      {"kv", options.kv},
+      {"prompt_tokens", stats.prompt_tokens},
+      {"generated_tokens", stats.generated_tokens},
+      {"prompt_tokens_per_s", stats.prompt_tokens_per_second()},
+      {"decode_tokens_per_s", stats.decode_tokens_per_second()},
+      {"cache_tokens", cache.n_tokens()},
+      {"cache_bytes", cache.bytes()},
+      {"fp16_cache_bytes", f16_bytes},
+      {"bits_per_element", cache.bits_per_element()},
+      {"peak_rss_bytes", rss},
+  };
+  write_file_atomically(json_path, out.dump(2) + "\n");
 }
 
 void run(const RunOptions& options) {
@@ -61,23 +143,27 @@ void run(const RunOptions& options) {
     fail_usage("give the prompt with exactly one of -p/--prompt or -f/--file");
   }
   if (options.n_predict < 0) fail_usage("-n/--n-predict must be >= 0, got {}", options.n_predict);
+  for (const std::string& stop : options.stop) {
+    if (stop.empty()) fail_usage("--stop needs a non-empty text");
+  }
   Sampler sampler(options.sampling);
   LoadedModel loaded = load_model(options.model);
   std::string text = options.prompt.empty() ? read_text_file(options.prompt_file) : options.prompt;
   const bool chat = options.chat;
   if (chat) text = apply_chat_template(loaded.model->file(), {{"user", text}}, true);
-  const std::vector<int32_t> prompt = loaded.tokenizer->encode(text, !chat, chat);
+  const std::vector<int32_t> prompt = loaded.tokenizer->encode(text, true, chat);
   if (int(prompt.size()) > loaded.context->max_tokens()) {
     fail("the prompt has {} tokens but the context holds {} (raise -c/--context)", prompt.size(),
          loaded.context->max_tokens());
   }
-  if (!chat) std::fwrite(text.data(), 1, text.size(), stdout);
-  const GenerationStats stats = generate(*loaded.context, *loaded.tokenizer, prompt,
-                                         options.n_predict, sampler, [&](int32_t token) {
-                                           stream_token(*loaded.tokenizer, token);
-                                           return true;
-                                         });
-  print_stats(stats, loaded.context->cache());
+  if (!chat && options.display_prompt) std::fwrite(text.data(), 1, text.size(), stdout);
+  StopStreamer streamer(options.stop);
+  const GenerationStats stats = generate(
+      *loaded.context, *loaded.tokenizer, prompt, options.n_predict, sampler,
+      [&](int32_t token) { return streamer.add(loaded.tokenizer->token_to_piece(token)); });
+  streamer.finish();
+  save_subspace_if_asked(options.model, *loaded.context);
+  report(stats, *loaded.context, options.model, options.stats_json);
 }
 
 void chat(const RunOptions& options) {
@@ -110,7 +196,9 @@ void chat(const RunOptions& options) {
     }
     std::string reply;
     int32_t last_token = -1;
-    const std::vector<int32_t> turn = loaded.tokenizer->encode(fresh, false, true);
+    // BOS (where the model wants one) only at the very start of the conversation.
+    const std::vector<int32_t> turn =
+        loaded.tokenizer->encode(fresh, loaded.context->n_past() == 0, true);
     const int cached_before = loaded.context->n_past();
     const GenerationStats stats = generate(*loaded.context, *loaded.tokenizer, turn,
                                            options.n_predict, sampler, [&](int32_t token) {
@@ -142,6 +230,12 @@ void register_run_command(CLI::App& app) {
   cmd->add_option("-f,--file", options->prompt_file, "Read the prompt from a file");
   cmd->add_option("-n,--n-predict", options->n_predict, "Tokens to generate");
   cmd->add_flag("--chat", options->chat, "Wrap the prompt in the model's chat template");
+  cmd->add_flag("!--no-display-prompt", options->display_prompt,
+                "Print only the generated text, not the prompt");
+  cmd->add_option("--stop", options->stop,
+                  "End generation where the output reaches this text (repeatable)");
+  cmd->add_option("--stats-json", options->stats_json,
+                  "Write what the run measured (speed, cache bytes, bits per element, peak RSS)");
   add_sampling_options(*cmd, options->sampling);
   cmd->callback([options] { run(*options); });
 

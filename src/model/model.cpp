@@ -111,7 +111,7 @@ std::size_t Model::weight_bytes() const {
   return total;
 }
 
-InferenceContext::InferenceContext(const Model& model, std::unique_ptr<KvCache> cache,
+InferenceContext::InferenceContext(const Model& model, std::unique_ptr<AttentionCache> cache,
                                    ThreadPool& pool, int max_batch)
     : model_(model),
       cache_(std::move(cache)),
@@ -124,6 +124,7 @@ InferenceContext::InferenceContext(const Model& model, std::unique_ptr<KvCache> 
   xn_.resize(b * std::size_t(c.n_embd));
   proj_.resize(b * std::size_t(c.n_embd));
   q_.resize(b * std::size_t(c.q_dim()));
+  q_before_rope_.resize(b * std::size_t(c.q_dim()));
   att_.resize(b * std::size_t(c.q_dim()));
   k_.resize(b * std::size_t(c.kv_dim()));
   v_.resize(b * std::size_t(c.kv_dim()));
@@ -199,12 +200,15 @@ void InferenceContext::forward_batch(const int32_t* tokens, int n, float* logits
     add_bias(q_.data(), w.q_bias, qd);
     add_bias(k_.data(), w.k_bias, kvd);
     add_bias(v_.data(), w.v_bias, kvd);
+    const bool wants_queries = cache_->wants_queries(l);
+    if (wants_queries) std::copy(q_.data(), q_.data() + rows * qd, q_before_rope_.data());
     for (std::size_t i = 0; i < rows; ++i) {
       for (int h = 0; h < c.n_heads; ++h) {
         kernels::rope(q_.data() + i * qd + std::size_t(h) * hd, hd, n_past_ + int(i),
                       c.rope_inv_freq.data(), layout);
       }
     }
+    if (wants_queries) cache_->observe_queries(l, q_before_rope_.data(), q_.data(), n, pool_);
     cache_->append(l, k_.data(), v_.data(), n);
     cache_->attend(l, q_.data(), n, n_past_, att_.data(), pool_);
     project(w.wo, att_.data(), proj_.data());

@@ -12,8 +12,8 @@
 #include "core/thread_pool.h"
 #include "gguf/gguf.h"
 #include "kernels/matmul.h"
+#include "model/attention_cache.h"
 #include "model/config.h"
-#include "model/kv_cache.h"
 
 namespace squat {
 
@@ -55,7 +55,7 @@ class Model {
 // `max_batch` (matrix-matrix products); all buffers are allocated here, once.
 class InferenceContext {
  public:
-  InferenceContext(const Model& model, std::unique_ptr<KvCache> cache, ThreadPool& pool,
+  InferenceContext(const Model& model, std::unique_ptr<AttentionCache> cache, ThreadPool& pool,
                    int max_batch = 256);
 
   // Feeds tokens at the next positions. Returns the logits after the last one (vocab_size
@@ -65,20 +65,20 @@ class InferenceContext {
   const Model& model() const { return model_; }
   int n_past() const { return n_past_; }
   int max_tokens() const { return max_tokens_; }
-  KvCache& cache() { return *cache_; }
-  const KvCache& cache() const { return *cache_; }
+  AttentionCache& cache() { return *cache_; }
+  const AttentionCache& cache() const { return *cache_; }
   void reset();
 
  private:
   void forward_batch(const int32_t* tokens, int n, float* logits_out, bool want_all);
 
   const Model& model_;
-  std::unique_ptr<KvCache> cache_;
+  std::unique_ptr<AttentionCache> cache_;
   ThreadPool& pool_;
   int max_batch_;
   int max_tokens_;
   int n_past_ = 0;
-  AlignedBuffer<float> x_, xn_, q_, k_, v_, att_, proj_, gate_, up_, logits_, last_;
+  AlignedBuffer<float> x_, xn_, q_, q_before_rope_, k_, v_, att_, proj_, gate_, up_, logits_, last_;
 };
 
 }  // namespace squat

@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "model/full_cache.h"
 #include "model/generate.h"
 #include "model/model.h"
+#include "model/store_cache.h"
 #include "tokenizer/tokenizer.h"
 
 namespace squat {
@@ -34,9 +34,13 @@ class DefaultModel : public ::testing::Test {
   void SetUp() override {
     if (!model_) GTEST_SKIP() << "default model not found at '" SQUAT_TEST_MODEL "'";
   }
-  static std::unique_ptr<InferenceContext> make_context(int max_tokens, int batch = 256) {
-    auto cache = std::make_unique<FullPrecisionCache>(model_->kv_shape(max_tokens), model_->rope(),
-                                                      FullPrecisionCache::Storage::F16);
+  // An fp16 cache of post-RoPE keys (llama.cpp's default), or fp32.
+  static std::unique_ptr<InferenceContext> make_context(
+      int max_tokens, int batch = 256, kv::CacheMethod method = kv::CacheMethod::F16) {
+    kv::CacheConfig config;
+    config.method = method;
+    config.key_rope = kv::KeyRope::Post;
+    auto cache = std::make_unique<StoreCache>(model_->kv_shape(max_tokens), model_->rope(), config);
     return std::make_unique<InferenceContext>(*model_, std::move(cache), *pool_, batch);
   }
   static std::string greedy(const std::string& prompt, int n) {
@@ -81,10 +85,12 @@ TEST_F(DefaultModel, BatchedPromptEqualsTokenByToken) {
       "effect, Brownian motion, special relativity and the equivalence of mass and energy.",
       true, false);
   ASSERT_GT(prompt.size(), 30u);
-  auto batched = make_context(256, 16);  // several batches of 16
+  // An fp32 cache, so that the first batch (which attends to itself before anything is
+  // stored) and single tokens (which read the cache) see the same key and value numbers.
+  auto batched = make_context(256, 16, kv::CacheMethod::F32);  // several batches of 16
   std::vector<float> all;
   batched->eval(prompt, &all);
-  auto single = make_context(256);
+  auto single = make_context(256, 256, kv::CacheMethod::F32);
   const std::size_t vocab = std::size_t(model_->config().vocab_size);
   double worst = 0;
   for (std::size_t i = 0; i < prompt.size(); ++i) {

@@ -26,9 +26,16 @@ struct KvShape {
   int max_tokens = 0;  // context length the cache must hold
 };
 
-class KvCache {
+class AttentionCache {
  public:
-  virtual ~KvCache() = default;
+  virtual ~AttentionCache() = default;
+
+  // True when the cache wants this layer's queries of the coming batch (SQuat builds its
+  // query subspace from the prompt's). The model then calls observe_queries before append.
+  virtual bool wants_queries(int /*layer*/) const { return false; }
+  // q_before_rope and q_after_rope are [n, n_heads, head_dim].
+  virtual void observe_queries(int /*layer*/, const float* /*q_before_rope*/,
+                               const float* /*q_after_rope*/, int /*n*/, ThreadPool& /*pool*/) {}
 
   // Stores n tokens for `layer` at the next n positions. k and v are [n, n_kv_heads, head_dim];
   // keys are not yet rotated. Every layer receives the same tokens in order, layer 0 first.
@@ -43,6 +50,8 @@ class KvCache {
   virtual int n_tokens() const = 0;       // tokens stored (after every layer got them)
   virtual int capacity() const = 0;       // most tokens it can hold
   virtual std::size_t bytes() const = 0;  // bytes holding cached data for those tokens
+  // Stored bits per cached key or value element (bytes()*8 / elements); 0 when empty.
+  virtual double bits_per_element() const = 0;
   virtual void clear() = 0;
 };
 

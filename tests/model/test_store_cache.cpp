@@ -1,5 +1,6 @@
-// The full-precision cache's attention against a direct double-precision computation:
-// rotate every key, softmax over all visible scores, weighted sum of values.
+// The engine's cache (full-precision methods of the store) against a direct double-precision
+// computation: rotate every key, softmax over all visible scores, weighted sum of values. The
+// prompt batch attends to itself unrounded; later tokens read keys and values as stored.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,7 +9,7 @@
 
 #include "core/fp16.h"
 #include "core/thread_pool.h"
-#include "model/full_cache.h"
+#include "model/store_cache.h"
 
 namespace squat {
 namespace {
@@ -25,19 +26,19 @@ void rotate(std::vector<double>& x, int pos, const std::vector<float>& inv_freq,
   }
 }
 
-double round_trip(float value, FullPrecisionCache::Storage storage) {
-  return storage == FullPrecisionCache::Storage::F16 ? double(fp16_to_float(float_to_fp16(value)))
-                                                     : double(value);
+double round_trip(double value, bool f16) {
+  return f16 ? double(fp16_to_float(float_to_fp16(float(value)))) : value;
 }
 
 struct Case {
-  FullPrecisionCache::Storage storage;
+  kv::CacheMethod method;
+  kv::KeyRope key_rope;
   bool neox;
 };
 
-class FullCacheAttention : public ::testing::TestWithParam<Case> {};
+class StoreCacheAttention : public ::testing::TestWithParam<Case> {};
 
-TEST_P(FullCacheAttention, MatchesDirectSoftmax) {
+TEST_P(StoreCacheAttention, MatchesDirectSoftmax) {
   const Case c = GetParam();
   const KvShape shape{2, 6, 2, 16, 200};
   const int n_rep = shape.n_heads / shape.n_kv_heads;
@@ -46,7 +47,11 @@ TEST_P(FullCacheAttention, MatchesDirectSoftmax) {
     rope.inv_freq.push_back(float(std::pow(10000.0, -2.0 * i / shape.head_dim)));
   }
   rope.neox = c.neox;
-  FullPrecisionCache cache(shape, rope, c.storage);
+  kv::CacheConfig config;
+  config.method = c.method;
+  config.key_rope = c.key_rope;
+  StoreCache cache(shape, rope, config);
+  const bool f16 = c.method == kv::CacheMethod::F16;
   ThreadPool pool(3);
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -75,13 +80,20 @@ TEST_P(FullCacheAttention, MatchesDirectSoftmax) {
           std::vector<double> scores(static_cast<std::size_t>(visible));
           double max_score = -1e300;
           for (int t = 0; t < visible; ++t) {
+            // Stored keys are rounded before (pre-RoPE) or after (post-RoPE) the rotation;
+            // the prompt batch attends to its own keys unrounded.
+            const bool stored = pos > 0;
+            const bool round_before = stored && c.key_rope == kv::KeyRope::Pre;
+            const bool round_after = stored && c.key_rope == kv::KeyRope::Post;
             std::vector<double> key(static_cast<std::size_t>(d));
-            for (int e = 0; e < d; ++e) key[size_t(e)] = all_k[size_t(t)][size_t(g * d + e)];
+            for (int e = 0; e < d; ++e) {
+              key[size_t(e)] = round_trip(all_k[size_t(t)][size_t(g * d + e)], f16 && round_before);
+            }
             rotate(key, t, rope.inv_freq, rope.neox);
             double s = 0;
             for (int e = 0; e < d; ++e) {
               s += double(q[size_t((i * hq + h) * d + e)]) *
-                   round_trip(float(key[size_t(e)]), c.storage);
+                   round_trip(key[size_t(e)], f16 && round_after);
             }
             scores[size_t(t)] = s / std::sqrt(double(d));
             max_score = std::max(max_score, scores[size_t(t)]);
@@ -92,7 +104,7 @@ TEST_P(FullCacheAttention, MatchesDirectSoftmax) {
             double expected = 0;
             for (int t = 0; t < visible; ++t) {
               expected += scores[size_t(t)] / total *
-                          round_trip(all_v[size_t(t)][size_t(g * d + e)], c.storage);
+                          round_trip(all_v[size_t(t)][size_t(g * d + e)], f16 && pos > 0);
             }
             ASSERT_NEAR(out[size_t((i * hq + h) * d + e)], expected, 2e-4)
                 << "layer " << layer << " query " << i << " head " << h << " dim " << e;
@@ -103,21 +115,24 @@ TEST_P(FullCacheAttention, MatchesDirectSoftmax) {
     pos += step;
     EXPECT_EQ(cache.n_tokens(), pos);
   }
-  const std::size_t element = c.storage == FullPrecisionCache::Storage::F16 ? 2 : 4;
+  const std::size_t element = f16 ? 2 : 4;
   EXPECT_EQ(cache.bytes(), 2 * element * std::size_t(shape.n_layers * kv * pos * d));
   cache.clear();
   EXPECT_EQ(cache.n_tokens(), 0);
   EXPECT_EQ(cache.bytes(), 0u);
 }
 
-INSTANTIATE_TEST_SUITE_P(Storages, FullCacheAttention,
-                         ::testing::Values(Case{FullPrecisionCache::Storage::F16, false},
-                                           Case{FullPrecisionCache::Storage::F32, false},
-                                           Case{FullPrecisionCache::Storage::F32, true}));
+INSTANTIATE_TEST_SUITE_P(Storages, StoreCacheAttention,
+                         ::testing::Values(Case{kv::CacheMethod::F16, kv::KeyRope::Post, false},
+                                           Case{kv::CacheMethod::F16, kv::KeyRope::Pre, false},
+                                           Case{kv::CacheMethod::F32, kv::KeyRope::Pre, true},
+                                           Case{kv::CacheMethod::F32, kv::KeyRope::Post, true}));
 
-TEST(FullCache, RefusesTokensPastItsCapacity) {
+TEST(StoreCache, RefusesTokensPastItsCapacity) {
   const KvShape shape{1, 2, 1, 4, 3};
-  FullPrecisionCache cache(shape, RopeSpec{{1.0f, 0.5f}, false}, FullPrecisionCache::Storage::F16);
+  kv::CacheConfig config;
+  config.method = kv::CacheMethod::F16;
+  StoreCache cache(shape, RopeSpec{{1.0f, 0.5f}, false}, config);
   std::vector<float> k(16, 0.5f), v(16, 0.25f);
   cache.append(0, k.data(), v.data(), 3);
   EXPECT_THROW(cache.append(0, k.data(), v.data(), 1), std::exception);
