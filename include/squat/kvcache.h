@@ -184,8 +184,10 @@ class KvCache {
   int n_layers() const { return int(layers_.size()); }
   std::size_t tokens() const { return layers_.empty() ? 0 : layers_[0].tokens(); }
   std::size_t bytes() const;
+  std::size_t allocated_bytes() const;
   double bits_per_element() const;
   void clear();
+  void reserve(std::size_t n_tokens);  // every layer
   // SQuat states of all layers (layer-major, then KV head) to / from a file.
   void save_states(const std::string& path) const;
   void load_states(const std::string& path);

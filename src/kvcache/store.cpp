@@ -684,6 +684,16 @@ std::size_t KvCache::bytes() const {
   return b;
 }
 
+std::size_t KvCache::allocated_bytes() const {
+  std::size_t b = 0;
+  for (const LayerCache& l : layers_) b += l.allocated_bytes();
+  return b;
+}
+
+void KvCache::reserve(std::size_t n_tokens) {
+  for (LayerCache& l : layers_) l.reserve(n_tokens);
+}
+
 double KvCache::bits_per_element() const {
   const std::size_t n = tokens();
   if (n == 0 || layers_.empty()) return 0.0;

@@ -417,6 +417,9 @@ TEST(KvStore, WholeCacheStatesSaveAndLoad) {
   for (int l = 0; l < layers; ++l)
     for (int h = 0; h < n_kv; ++h)
       EXPECT_TRUE(a.layer(l).states()[std::size_t(h)] == b.layer(l).states()[std::size_t(h)]);
+  b.reserve(64);
+  EXPECT_GT(b.allocated_bytes(), 0u);
+  EXPECT_EQ(b.bytes(), 0u);
   KvCache wrong(cfg, layers + 1, n_kv, d, make_rope(d, RopeLayout::Normal));
   EXPECT_THROW(wrong.load_states(path), squat::Error);
   std::remove(path.c_str());
