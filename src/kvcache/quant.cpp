@@ -43,8 +43,11 @@ void group_params(float mn, float mx, int bits, ParamType p, float* scale_out, f
   float scale = (mx - mn) / float(levels);
   float m = mn;
   if (p == ParamType::F16) {
+    if (!std::isfinite(mn) || !std::isfinite(mx)) {
+      fail("KV cache quantization: non-finite value in the input ({} .. {})", mn, mx);
+    }
     if (!(std::fabs(mn) <= 65504.0f && std::fabs(mx) <= 65504.0f && scale <= 65504.0f)) {
-      fail("value {} outside the fp16 range of the quantization scale/min",
+      fail("KV cache quantization: value {} outside the fp16 range of the scale/min",
            std::fabs(mn) > std::fabs(mx) ? mn : mx);
     }
     if (scale == 0.0f) {
@@ -61,8 +64,10 @@ void group_params(float mn, float mx, int bits, ParamType p, float* scale_out, f
 
 // Code of x on the stored grid: clamp, then round half to even by adding and subtracting 2^23
 // (exact for 0 <= y < 2^23 in the default rounding mode; same as nearbyint, vectorizable).
+// NaN input maps to code 0 (never an out-of-range float-to-integer conversion).
 inline uint8_t code_of(float x, float scale, float m, float levels) {
-  const float y = std::clamp((x - m) / scale, 0.0f, levels);
+  float y = (x - m) / scale;
+  y = y > 0.0f ? (y < levels ? y : levels) : 0.0f;
   return uint8_t((y + 8388608.0f) - 8388608.0f);
 }
 

@@ -207,3 +207,22 @@ TEST(KvQuant, RejectsBadParameters) {
   usage([&] { quantize_chunk(x.data(), 40, 8, 2, 32, GroupLayout::PerChannel, ParamType::F16); });
   usage([&] { quantize_chunk(x.data(), 64, 8, 2, 3, GroupLayout::PerToken, ParamType::F16); });
 }
+
+TEST(KvQuant, NonFiniteInputNeverCrashes) {
+  std::vector<float> x = random_vec(32 * 8, 9);
+  x[17] = NAN;
+  x[40] = INFINITY;
+  // fp16 params: a clear runtime error.
+  EXPECT_THROW(quantize_chunk(x.data(), 32, 8, 2, 32, GroupLayout::PerChannel, ParamType::F16),
+               squat::Error);
+  EXPECT_THROW(quantize_chunk(x.data(), 32, 8, 2, 8, GroupLayout::PerToken, ParamType::F16),
+               squat::Error);
+  // fp32 params: no error, codes stay in range (the sanitizer build checks the conversions).
+  for (GroupLayout layout : {GroupLayout::PerChannel, GroupLayout::PerToken}) {
+    QuantizedChunk q =
+        quantize_chunk(x.data(), 32, 8, 2, 8 * (layout == GroupLayout::PerChannel ? 4 : 1), layout,
+                       ParamType::F32);
+    for (std::size_t t = 0; t < 32; ++t)
+      for (std::size_t c = 0; c < 8; ++c) EXPECT_LT(q.code(t, c), 4);
+  }
+}
