@@ -130,6 +130,8 @@ class LayerCache {
   void set_states(std::vector<SquatState> states);
   const std::vector<SquatState>& states() const;
   bool has_states() const;
+  // Forgets the states (a new prompt will build its own).
+  void clear_states();
 
   // Appends n tokens: k and v are [n, n_kv_heads, d] (keys pre- or post-RoPE per config).
   // Applies the flush rules; a SQuat flush without states fails (squat::fail).

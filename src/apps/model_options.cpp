@@ -1,5 +1,6 @@
 #include "apps/model_options.h"
 
+#include <algorithm>
 #include <thread>
 
 #include "core/error.h"
@@ -38,7 +39,7 @@ kv::CacheConfig ModelOptions::cache_config(int head_dim) const {
   c.v_bits = v_bits;
   c.group_size = group_size;
   c.residual_length = residual_length;
-  c.quant_group_size = quant_group_size;
+  c.quant_group_size = quant_group_size > 0 ? quant_group_size : std::min(64, head_dim / 2);
   c.subspace_dim = subspace_dim;
   c.lambda = lambda;
   c.key_quant = key_quant == "per-token" ? kv::GroupLayout::PerToken : kv::GroupLayout::PerChannel;

@@ -233,6 +233,8 @@ std::size_t LayerCache::quantized_values() const { return impl_->n_vq; }
 const std::vector<SquatState>& LayerCache::states() const { return impl_->states; }
 bool LayerCache::has_states() const { return !impl_->states.empty(); }
 
+void LayerCache::clear_states() { impl_->states.clear(); }
+
 namespace {
 
 // Runs body(h) for every KV head, on the pool when given; the first exception is rethrown on

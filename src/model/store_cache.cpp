@@ -29,6 +29,7 @@ StoreCache::StoreCache(const KvShape& shape, const RopeSpec& rope, const kv::Cac
                  kv::to_string(config.method));
     }
     store_.load_states(subspace_file);
+    states_from_file_ = true;
   }
 }
 
@@ -51,7 +52,10 @@ void StoreCache::append(int layer, const float* k, const float* v, int n) {
   const int first = int(cache.tokens());
   const auto d = std::size_t(shape_.head_dim);
   const std::size_t count = std::size_t(n) * std::size_t(shape_.n_kv_heads) * d;
-  batch_is_prompt_ = first == 0 && n > 1;
+  // Quantized methods: the prompt attends to its own keys and values in full precision (as the
+  // references do), not to their quantized copies. Full-precision methods read the store, so a
+  // prompt and the same tokens fed one at a time compute exactly the same attention.
+  batch_is_prompt_ = first == 0 && n > 1 && config_.quantized();
   const bool post_rope = config_.key_rope == kv::KeyRope::Post;
   if (batch_is_prompt_ || post_rope) {
     batch_keys_.assign(k, k + count);
@@ -81,7 +85,13 @@ void StoreCache::attend(int layer, const float* q, int n, int first_pos, float* 
   store_.layer(layer).attend(q, std::size_t(n), shape_.n_heads, positions_.data(), out, &pool);
 }
 
-void StoreCache::clear() { store_.clear(); }
+void StoreCache::clear() {
+  store_.clear();
+  // A new sequence builds its subspace from its own prompt, unless it came from a file.
+  if (!states_from_file_) {
+    for (int l = 0; l < shape_.n_layers; ++l) store_.layer(l).clear_states();
+  }
+}
 
 void StoreCache::save_subspace(const std::string& path) const { store_.save_states(path); }
 

@@ -1,7 +1,8 @@
 // The forward pass's cache backed by the KV-cache library (include/squat/kvcache.h): every
-// method (f32, f16, int8, int4, kivi, squat) through one store. The first batch of a sequence
-// (the prompt) attends to itself in full precision, as the KIVI and SQuat references do; what
-// comes later (decoded tokens, later chat turns) attends through the store.
+// method (f32, f16, int8, int4, kivi, squat) through one store. With a quantized method, the
+// first batch of a sequence (the prompt) attends to itself in full precision, as the KIVI and
+// SQuat references do; what comes later (decoded tokens, later chat turns) attends through the
+// store, reading the quantized cache.
 #pragma once
 
 #include <memory>
@@ -46,6 +47,7 @@ class StoreCache final : public AttentionCache {
   std::vector<float> batch_keys_;
   const float* batch_values_ = nullptr;
   int batch_tokens_ = 0;
+  bool states_from_file_ = false;
   bool batch_is_prompt_ = false;  // the layer's current batch started from an empty cache
   std::vector<int> positions_;
 };

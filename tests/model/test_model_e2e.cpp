@@ -85,12 +85,10 @@ TEST_F(DefaultModel, BatchedPromptEqualsTokenByToken) {
       "effect, Brownian motion, special relativity and the equivalence of mass and energy.",
       true, false);
   ASSERT_GT(prompt.size(), 30u);
-  // An fp32 cache, so that the first batch (which attends to itself before anything is
-  // stored) and single tokens (which read the cache) see the same key and value numbers.
-  auto batched = make_context(256, 16, kv::CacheMethod::F32);  // several batches of 16
+  auto batched = make_context(256, 16);  // several batches of 16
   std::vector<float> all;
   batched->eval(prompt, &all);
-  auto single = make_context(256, 256, kv::CacheMethod::F32);
+  auto single = make_context(256);
   const std::size_t vocab = std::size_t(model_->config().vocab_size);
   double worst = 0;
   for (std::size_t i = 0; i < prompt.size(); ++i) {
@@ -101,7 +99,9 @@ TEST_F(DefaultModel, BatchedPromptEqualsTokenByToken) {
     EXPECT_EQ(Sampler::argmax(logits, int(vocab)), Sampler::argmax(&all[i * vocab], int(vocab)))
         << "position " << i;
   }
-  EXPECT_LT(worst, 0.05) << "largest logit difference between batched and single-token runs";
+  // The same attention code reads the same fp16 cache either way; only the order of the
+  // matrix products' work differs.
+  EXPECT_LT(worst, 1e-3) << "largest logit difference between batched and single-token runs";
 }
 
 // llama.cpp (llama-cpp-python, the independent peer) on the same model: tokens, next-token
