@@ -1,6 +1,6 @@
 // The engine's cache (full-precision methods of the store) against a direct double-precision
-// computation: rotate every key, softmax over all visible scores, weighted sum of values. The
-// prompt batch attends to itself unrounded; later tokens read keys and values as stored.
+// computation: rotate every key, softmax over all visible scores, weighted sum of values, with
+// keys and values as stored (fp16-rounded for f16).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -80,11 +80,10 @@ TEST_P(StoreCacheAttention, MatchesDirectSoftmax) {
           std::vector<double> scores(static_cast<std::size_t>(visible));
           double max_score = -1e300;
           for (int t = 0; t < visible; ++t) {
-            // Stored keys are rounded before (pre-RoPE) or after (post-RoPE) the rotation;
-            // the prompt batch attends to its own keys unrounded.
-            const bool stored = pos > 0;
-            const bool round_before = stored && c.key_rope == kv::KeyRope::Pre;
-            const bool round_after = stored && c.key_rope == kv::KeyRope::Post;
+            // Keys are rounded before (pre-RoPE) or after (post-RoPE) the rotation; with a
+            // full-precision method even the prompt reads them from the store.
+            const bool round_before = c.key_rope == kv::KeyRope::Pre;
+            const bool round_after = c.key_rope == kv::KeyRope::Post;
             std::vector<double> key(static_cast<std::size_t>(d));
             for (int e = 0; e < d; ++e) {
               key[size_t(e)] = round_trip(all_k[size_t(t)][size_t(g * d + e)], f16 && round_before);
@@ -104,7 +103,7 @@ TEST_P(StoreCacheAttention, MatchesDirectSoftmax) {
             double expected = 0;
             for (int t = 0; t < visible; ++t) {
               expected += scores[size_t(t)] / total *
-                          round_trip(all_v[size_t(t)][size_t(g * d + e)], f16 && pos > 0);
+                          round_trip(all_v[size_t(t)][size_t(g * d + e)], f16);
             }
             ASSERT_NEAR(out[size_t((i * hq + h) * d + e)], expected, 2e-4)
                 << "layer " << layer << " query " << i << " head " << h << " dim " << e;
