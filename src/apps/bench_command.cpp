@@ -1,6 +1,8 @@
-// `squat bench`: prompt-processing and decode speed of the engine, per context length, as the
-// median of repeated runs; a table on the terminal and optionally JSON for scripts.
+// `squat bench`: prompt-processing and decode speed of the engine and the size of its KV cache,
+// per cache method and context length, as the median of repeated runs; a table on the terminal
+// and optionally JSON for scripts.
 #include <fmt/format.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -23,6 +25,7 @@ namespace {
 
 struct BenchOptions {
   ModelOptions model;
+  std::vector<std::string> methods{"f16"};  // --kv list
   std::vector<int> contexts{512};
   int gen = 128;
   int repeats = 3;
@@ -31,10 +34,39 @@ struct BenchOptions {
 };
 
 struct Row {
+  std::string method;
   int context = 0;
   std::vector<double> prompt_tps, decode_tps;
-  std::size_t cache_bytes = 0;
+  std::size_t cache_tokens = 0, cache_bytes = 0, f16_bytes = 0;
+  double bits_per_element = 0;
+  std::size_t peak_rss = 0;
+  double bytes_per_token() const { return cache_tokens ? double(cache_bytes) / cache_tokens : 0; }
+  double ratio_to_f16() const { return f16_bytes ? double(cache_bytes) / double(f16_bytes) : 0; }
 };
+
+// One entry of the --kv list as run/chat options: kivi-N / squat-N set both bit widths.
+ModelOptions method_options(const ModelOptions& base, const std::string& entry) {
+  ModelOptions o = base;
+  o.command = nullptr;  // the flags were checked against the whole list
+  const auto dash = entry.find('-');
+  o.kv = entry.substr(0, dash);
+  if (dash != std::string::npos) o.k_bits = o.v_bits = std::stoi(entry.substr(dash + 1));
+  return o;
+}
+
+// Peak resident set size since the last reset_peak_rss() (Linux: VmHWM, reset by writing 5
+// to /proc/self/clear_refs); falls back to the process's peak when that is not available.
+void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+std::size_t peak_rss_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::size_t(std::stoull(line.substr(6))) * 1024;
+  }
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return std::size_t(usage.ru_maxrss) * 1024;
+}
 
 double median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
@@ -69,61 +101,113 @@ std::vector<int32_t> prompt_tokens(const BenchOptions& options, const Tokenizer&
 void bench(const BenchOptions& options) {
   if (options.gen < 1) fail_usage("--gen must be >= 1, got {}", options.gen);
   if (options.repeats < 1) fail_usage("--repeats must be >= 1, got {}", options.repeats);
-  LoadedModel loaded = load_model(options.model);
+  if (options.methods.empty()) fail_usage("--kv needs at least one method");
+  std::vector<std::string> bases;
+  bool plain_bits = false;  // a plain kivi/squat entry, which takes --k-bits/--v-bits
+  for (const std::string& m : options.methods) {
+    bases.push_back(m.substr(0, m.find('-')));
+    plain_bits |= m == "kivi" || m == "squat";
+  }
+  options.model.check_flags(bases);
+  for (const char* flag : {"--k-bits", "--v-bits"}) {
+    if (options.model.command && options.model.command->count(flag) > 0 && !plain_bits) {
+      fail_usage("{} applies to plain kivi/squat entries of --kv (kivi-N/squat-N set the bits)",
+                 flag);
+    }
+  }
+  if (!options.model.load_subspace.empty() || !options.model.save_subspace.empty()) {
+    fail_usage("bench builds the subspace from each prompt; --save/--load-subspace do not apply");
+  }
+  for (const int ctx : options.contexts) {
+    if (ctx < 1) fail_usage("--ctx values must be >= 1, got {}", ctx);
+  }
+  std::vector<ModelOptions> per_method;
+  for (const std::string& m : options.methods)
+    per_method.push_back(method_options(options.model, m));
+  ModelOptions first = per_method.front();
+  first.context = 1;  // load_model's own context is not used
+  LoadedModel loaded = load_model(first);
   const Model& model = *loaded.model;
-  const int vocab = model.config().vocab_size;
+  for (const ModelOptions& o : per_method) o.cache_config(model.config().head_dim);  // refuse early
+  const ModelConfig& config = model.config();
+  const int vocab = config.vocab_size;
   using Clock = std::chrono::steady_clock;
 
   std::vector<Row> rows;
-  for (int ctx : options.contexts) {
-    if (ctx < 1) fail_usage("--ctx values must be >= 1, got {}", ctx);
-    Row row{ctx, {}, {}, 0};
-    const std::vector<int32_t> prompt = prompt_tokens(options, *loaded.tokenizer, vocab, ctx);
-    auto context = make_context(model, options.model, *loaded.pool, ctx + options.gen);
-    // One untimed run pages the weights in and sizes per-thread buffers.
-    for (int repeat = -1; repeat < options.repeats; ++repeat) {
-      context->reset();
-      auto start = Clock::now();
-      const float* logits = context->eval(prompt);
-      const double prompt_seconds = std::chrono::duration<double>(Clock::now() - start).count();
-      start = Clock::now();
-      const int steps = repeat < 0 ? std::min(options.gen, 4) : options.gen;
-      for (int i = 0; i < steps; ++i) {
-        const int32_t token = Sampler::argmax(logits, vocab);
-        logits = context->eval(std::span<const int32_t>(&token, 1));
+  for (std::size_t mi = 0; mi < per_method.size(); ++mi) {
+    for (int ctx : options.contexts) {
+      Row row;
+      row.method = options.methods[mi];
+      row.context = ctx;
+      const std::vector<int32_t> prompt = prompt_tokens(options, *loaded.tokenizer, vocab, ctx);
+      reset_peak_rss();
+      auto context = make_context(model, per_method[mi], *loaded.pool, ctx + options.gen);
+      // One untimed run pages the weights in and sizes per-thread buffers.
+      for (int repeat = -1; repeat < options.repeats; ++repeat) {
+        context->reset();
+        auto start = Clock::now();
+        const float* logits = context->eval(prompt);
+        const double prompt_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+        start = Clock::now();
+        const int steps = repeat < 0 ? std::min(options.gen, 4) : options.gen;
+        for (int i = 0; i < steps; ++i) {
+          const int32_t token = Sampler::argmax(logits, vocab);
+          logits = context->eval(std::span<const int32_t>(&token, 1));
+        }
+        const double decode_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+        if (repeat < 0) continue;
+        row.prompt_tps.push_back(ctx / prompt_seconds);
+        row.decode_tps.push_back(steps / decode_seconds);
+        const AttentionCache& cache = context->cache();
+        row.cache_tokens = std::size_t(cache.n_tokens());
+        row.cache_bytes = cache.bytes();
+        row.bits_per_element = cache.bits_per_element();
+        // What an fp16 cache of the same tokens stores: keys and values, 2 bytes each.
+        row.f16_bytes = row.cache_tokens * std::size_t(config.n_layers) *
+                        std::size_t(config.kv_dim()) * 2 * sizeof(uint16_t);
       }
-      const double decode_seconds = std::chrono::duration<double>(Clock::now() - start).count();
-      if (repeat < 0) continue;
-      row.prompt_tps.push_back(ctx / prompt_seconds);
-      row.decode_tps.push_back(steps / decode_seconds);
-      row.cache_bytes = context->cache().bytes();
+      row.peak_rss = peak_rss_bytes();
+      rows.push_back(row);
     }
-    rows.push_back(row);
   }
 
-  fmt::print("model: {} | threads: {} | kv: {} | decode tokens: {} | repeats: {}\n",
-             model.config().name, loaded.pool->size(), options.model.kv, options.gen,
-             options.repeats);
-  fmt::print("{:>8} {:>14} {:>14} {:>14}\n", "context", "prompt tok/s", "decode tok/s",
-             "cache bytes");
+  fmt::print("model: {} | threads: {} | decode tokens: {} | repeats: {}\n", config.name,
+             loaded.pool->size(), options.gen, options.repeats);
+  fmt::print("{:>8} {:>8} {:>12} {:>12} {:>12} {:>10} {:>6} {:>7} {:>9}\n", "kv", "context",
+             "prompt tok/s", "decode tok/s", "cache bytes", "bytes/tok", "bits", "vs f16",
+             "peak MiB");
   for (const Row& row : rows) {
-    fmt::print("{:>8} {:>14.1f} {:>14.2f} {:>14}\n", row.context, median(row.prompt_tps),
-               median(row.decode_tps), row.cache_bytes);
+    fmt::print("{:>8} {:>8} {:>12.1f} {:>12.2f} {:>12} {:>10.0f} {:>6.2f} {:>7.3f} {:>9.1f}\n",
+               row.method, row.context, median(row.prompt_tps), median(row.decode_tps),
+               row.cache_bytes, row.bytes_per_token(), row.bits_per_element, row.ratio_to_f16(),
+               double(row.peak_rss) / (1 << 20));
   }
+  fmt::print(
+      "(cache figures after the prompt and {} decoded tokens; vs f16 = cache bytes / the "
+      "bytes an fp16 cache of the same tokens stores)\n",
+      options.gen);
   if (!options.json_path.empty()) {
     nlohmann::json out;
     out["engine"] = "squat";
-    out["model"] = model.config().name;
+    out["model"] = config.name;
     out["threads"] = loaded.pool->size();
-    out["kv"] = options.model.kv;
+    out["kv"] = options.methods;
     out["decode_tokens"] = options.gen;
+    out["rows"] = nlohmann::json::array();
     for (const Row& row : rows) {
-      out["rows"].push_back({{"context", row.context},
+      out["rows"].push_back({{"kv", row.method},
+                             {"context", row.context},
                              {"prompt_tokens_per_s", median(row.prompt_tps)},
                              {"decode_tokens_per_s", median(row.decode_tps)},
                              {"runs_prompt_tokens_per_s", row.prompt_tps},
                              {"runs_decode_tokens_per_s", row.decode_tps},
-                             {"cache_bytes", row.cache_bytes}});
+                             {"cache_tokens", row.cache_tokens},
+                             {"cache_bytes", row.cache_bytes},
+                             {"bytes_per_token", row.bytes_per_token()},
+                             {"bits_per_element", row.bits_per_element},
+                             {"fp16_cache_bytes", row.f16_bytes},
+                             {"ratio_to_f16", row.ratio_to_f16()},
+                             {"peak_rss_bytes", row.peak_rss}});
     }
     write_file_atomically(options.json_path, out.dump(2) + "\n");
   }
@@ -133,8 +217,9 @@ void bench(const BenchOptions& options) {
 
 void register_bench_command(CLI::App& app) {
   auto options = std::make_shared<BenchOptions>();
-  auto* cmd = app.add_subcommand("bench", "Measure prompt-processing and decode speed");
-  add_model_options(*cmd, options->model);
+  auto* cmd = app.add_subcommand(
+      "bench", "Measure prompt-processing and decode speed and KV-cache size per method");
+  add_model_options(*cmd, options->model, &options->methods);
   cmd->add_option("--ctx", options->contexts, "Prompt lengths in tokens, e.g. 512,4096")
       ->delimiter(',');
   cmd->add_option("--gen", options->gen, "Tokens decoded after each prompt");

@@ -57,7 +57,7 @@ kv::CacheConfig ModelOptions::cache_config(int head_dim) const {
   return c;
 }
 
-void add_model_options(CLI::App& cmd, ModelOptions& options) {
+void add_model_options(CLI::App& cmd, ModelOptions& options, std::vector<std::string>* kv_list) {
   cmd.add_option("-m,--model", options.model_path, "GGUF model file")->required();
   cmd.add_option("-t,--threads", options.threads, "Threads (default: all cores)")
       ->check(CLI::Range(0, 1024));
@@ -68,9 +68,20 @@ void add_model_options(CLI::App& cmd, ModelOptions& options) {
       ->check(CLI::Range(0, 1 << 20));
 
   auto* group = cmd.add_option_group("KV cache", "How the KV cache is stored");
-  group->add_option("--kv", options.kv, "Cache method: f32, f16, int8, int4, kivi, squat")
-      ->check(CLI::IsMember({"f32", "f16", "int8", "int4", "kivi", "squat"}))
-      ->capture_default_str();
+  if (kv_list) {
+    group
+        ->add_option("--kv", *kv_list,
+                     "Cache methods, comma-separated: f32, f16, int8, int4, kivi, squat, and "
+                     "kivi-2/-4/-8, squat-2/-4/-8 (both bit widths set)")
+        ->delimiter(',')
+        ->check(CLI::IsMember({"f32", "f16", "int8", "int4", "kivi", "squat", "kivi-2", "kivi-4",
+                               "kivi-8", "squat-2", "squat-4", "squat-8"}))
+        ->capture_default_str();
+  } else {
+    group->add_option("--kv", options.kv, "Cache method: f32, f16, int8, int4, kivi, squat")
+        ->check(CLI::IsMember({"f32", "f16", "int8", "int4", "kivi", "squat"}))
+        ->capture_default_str();
+  }
   group->add_option("--k-bits", options.k_bits, "kivi/squat: bits per key (2, 4 or 8)")
       ->capture_default_str();
   group->add_option("--v-bits", options.v_bits, "kivi/squat: bits per value (2, 4 or 8)")
@@ -121,14 +132,33 @@ void add_model_options(CLI::App& cmd, ModelOptions& options) {
   options.command = &cmd;
 }
 
-void ModelOptions::check_flags() const {
+void ModelOptions::check_flags(const std::vector<std::string>& methods) const {
   if (!command) return;
+  const std::vector<std::string> given = methods.empty() ? std::vector<std::string>{kv} : methods;
   for (const MethodFlag& f : kMethodFlags) {
     if (command->count(f.flag) == 0) continue;
-    const bool applies = (kv == "kivi" && f.kivi) || (kv == "squat" && f.squat);
+    bool applies = false;
+    for (const std::string& m : given)
+      applies |= (m == "kivi" && f.kivi) || (m == "squat" && f.squat);
     if (!applies) {
-      fail_usage("{} does not apply to --kv {} (it is for {})", f.flag, kv,
+      std::string list;
+      for (const std::string& m : given) list += (list.empty() ? "" : ",") + m;
+      fail_usage("{} does not apply to --kv {} (it is for {})", f.flag, list,
                  f.kivi ? "kivi and squat" : "squat");
+    }
+  }
+  if (command->count("--group-size") > 0) {
+    bool applies = false;
+    for (const std::string& m : given) applies |= m != "f32" && m != "f16";
+    if (!applies) fail_usage("--group-size does not apply to full-precision caches (--kv {})", kv);
+  }
+  // A loaded subspace was built when it was saved; these flags would be silently ignored.
+  if (!load_subspace.empty()) {
+    for (const char* flag : {"--subspace-dim", "--lambda", "--query-rope", "--power-method"}) {
+      if (command->count(flag) > 0) {
+        fail_usage("{} does not apply with --load-subspace (the subspace comes from the file)",
+                   flag);
+      }
     }
   }
   if (!save_subspace.empty() && !load_subspace.empty()) {

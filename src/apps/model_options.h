@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/thread_pool.h"
 #include "model/model.h"
@@ -38,14 +39,18 @@ struct ModelOptions {
   std::string load_subspace;
   const CLI::App* command = nullptr;  // set by add_model_options: which flags were given
 
-  // Refuses cache flags that the chosen method would ignore, and conflicting flags.
-  void check_flags() const;
+  // Refuses cache flags that the chosen method would ignore, and conflicting flags. With
+  // `methods` (bench's list), a flag is accepted when it applies to at least one of them.
+  void check_flags(const std::vector<std::string>& methods = {}) const;
 
   // The library configuration these flags describe; refuses impossible combinations.
   kv::CacheConfig cache_config(int head_dim) const;
 };
 
-void add_model_options(CLI::App& cmd, ModelOptions& options);
+// With `kv_list`, --kv takes a comma-separated list of methods written there (bench), where
+// kivi-2/-4/-8 and squat-2/-4/-8 also set both bit widths; otherwise --kv is one method.
+void add_model_options(CLI::App& cmd, ModelOptions& options,
+                       std::vector<std::string>* kv_list = nullptr);
 
 // Everything a command needs to run a model: loaded once, used for one sequence.
 struct LoadedModel {
