@@ -157,6 +157,13 @@ const float* InferenceContext::eval(std::span<const int32_t> tokens,
     float* out = all_logits ? all_logits->data() + start * std::size_t(c.vocab_size) : nullptr;
     forward_batch(tokens.data() + start, n, out, all_logits != nullptr);
   }
+  // NaN or Inf weights (a corrupt file) would otherwise turn into silent garbage tokens.
+  for (float value : logits_) {
+    if (!std::isfinite(value)) {
+      fail("{}: the model computed a NaN or infinite logit; its weights hold NaN or Inf values",
+           model_.file().path());
+    }
+  }
   return logits_.data();
 }
 
