@@ -70,6 +70,7 @@ void run_rows(const Call& c, std::size_t r0, std::size_t r1) {
     case TensorType::Q4_0:
     case TensorType::Q4_1:
     case TensorType::Q4_K:
+    case TensorType::Q6_K:
     case TensorType::Q8_0: {
       float* scratch = grow(t_scratch, 60 * c.xq.nbp);
       detail::q8_rows(w.type, w.data, w.row_bytes, r0, r1, c.xq, c.n, c.y, w.rows, scratch);
@@ -185,11 +186,35 @@ void q8_block(TensorType type, const uint8_t* row, std::size_t b, int q[32], flo
   }
 }
 
+// Q6_K block b (32 elements) against quantized x: sum over its two 16-element halves of
+// d * scale * sum((q - 32) * x_q), q = low/high nibble of ql | 2 bits of qh << 4 (layout in
+// dequant-inl.h).
+double q6_k_block_dot(const uint8_t* row, std::size_t b, const int8_t* xq) {
+  const uint8_t* sb = row + (b / 8) * 210;
+  const int h = int(b % 8) / 4, k = int(b % 4);
+  const uint8_t* ql = sb + 64 * h + 32 * (k & 1);
+  const uint8_t* qh = sb + 128 + 32 * h;
+  const auto* sc = reinterpret_cast<const int8_t*>(sb + 192 + 8 * h + 2 * k);
+  uint16_t half;
+  std::memcpy(&half, sb + 208, 2);
+  const double d = fp16_to_float(half);
+  double total = 0.0;
+  for (int g = 0; g < 2; ++g) {
+    long part = 0;
+    for (int j = 16 * g; j < 16 * g + 16; ++j) {
+      const int q = ((k >= 2 ? ql[j] >> 4 : ql[j]) & 0x0f) | ((qh[j] >> (2 * k)) & 3) << 4;
+      part += long(q - 32) * xq[j];
+    }
+    total += d * double(sc[g]) * double(part);
+  }
+  return total;
+}
+
 }  // namespace
 
 bool uses_q8_activations(TensorType type) {
   return type == TensorType::Q4_0 || type == TensorType::Q4_1 || type == TensorType::Q8_0 ||
-         type == TensorType::Q4_K;
+         type == TensorType::Q4_K || type == TensorType::Q6_K;
 }
 
 void quantize_activations_q8(const float* x, std::size_t n, int8_t* q, float* d, float* s) {
@@ -253,6 +278,10 @@ void matmul_q8_ref(const WeightView& w, const float* x, std::size_t n, float* y)
     for (std::size_t r = 0; r < w.rows; ++r) {
       double sum = 0.0;
       for (std::size_t b = 0; b < nb; ++b) {
+        if (w.type == TensorType::Q6_K) {
+          sum += q6_k_block_dot(w.data + r * w.row_bytes, b, q.data() + b * kQ8Block) * d[b];
+          continue;
+        }
         int qw[32];
         float dw, mw;
         q8_block(w.type, w.data + r * w.row_bytes, b, qw, dw, mw);

@@ -1,11 +1,12 @@
 // Weight-matrix times activation kernels: matvec for decode (one token), matmul for prompt
 // processing (n tokens at once). Weights stay in their GGUF block format; rows are contiguous.
 //
-// Numerics of the fast paths: for Q4_0, Q4_1, Q4_K and Q8_0 weights, x is first quantized per block
-// of 32 to int8 with one float scale (like llama.cpp's Q8_1/Q8_0 activations) and each block's
-// dot product is an exact integer sum, scaled in float. matvec_q8_ref/matmul_q8_ref are the scalar
-// definition of that; matvec_ref/matmul_ref are the plain float definition (dequantize, dot in
-// double). Every other type dequantizes rows to float and takes a float dot product.
+// Numerics of the fast paths: for Q4_0, Q4_1, Q4_K, Q6_K and Q8_0 weights, x is first
+// quantized per block of 32 to int8 with one float scale (like llama.cpp's Q8_1/Q8_0
+// activations) and each block's dot product is an exact integer sum, scaled in float.
+// matvec_q8_ref/matmul_q8_ref are the scalar definition of that; matvec_ref/matmul_ref are the
+// plain float definition (dequantize, dot in double). Every other type dequantizes rows to
+// float and takes a float dot product.
 #pragma once
 
 #include <cstddef>
@@ -33,14 +34,16 @@ void matmul(const WeightView& w, const float* x, std::size_t n, float* y, Thread
 void matvec_ref(const WeightView& w, const float* x, float* y);
 void matmul_ref(const WeightView& w, const float* x, std::size_t n, float* y);
 
-// True when matvec/matmul quantize x to 8 bits for this weight type (Q4_0, Q4_1, Q4_K, Q8_0).
+// True when matvec/matmul quantize x to 8 bits for this weight type (Q4_0, Q4_1, Q4_K, Q6_K,
+// Q8_0).
 bool uses_q8_activations(gguf::TensorType type);
 
 // Scalar definition of what the fast path computes: for Q4_0, Q4_1, Q4_K and Q8_0 weights,
 //   y[r] = sum over blocks b of  d_w(b) * d_x(b) * sum_j q_w(j) * q_x(j)  [+ m_w(b) * s_x(b)]
 // with x quantized by quantize_activations_q8_ref, Q4_0 read as d*q + m (q in 0..15, m = -8d)
-// and each 32-element Q4_K sub-block as d = d_super*scale, m = -dmin*min; the same as
-// matvec_ref for other types. Accumulated in double.
+// and each 32-element Q4_K sub-block as d = d_super*scale, m = -dmin*min; for Q6_K each
+// 16-element half contributes d * scale * d_x * sum((q - 32) * q_x); the same as matvec_ref
+// for other types. Accumulated in double.
 void matvec_q8_ref(const WeightView& w, const float* x, float* y);
 void matmul_q8_ref(const WeightView& w, const float* x, std::size_t n, float* y);
 

@@ -553,6 +553,97 @@ void QuantRows(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::siz
   }
 }
 
+// ---- Q6_K: 256-element super-blocks of 210 bytes ----
+// Each 32-element block b (half h = (b%8)/4, k = b%4 within its super-block) has 6-bit codes
+// q = nibble of 32 ql bytes | 2 bits of 32 qh bytes << 4 and weight d * scale(16 elements) *
+// (q - 32). The integer part runs as u8 q times s8 x with the accumulator started at
+// -32 * (4-element sums of x); the two scales of a block become a lane-varying float factor.
+// One weight row at a time (the weights are unpacked once per block for up to 4 x rows).
+
+template <int RX>
+HWY_INLINE void Q6KRow(const uint8_t* row, std::size_t nb, const Q8Rows& x, std::size_t i0,
+                       float* out) {
+#if SQUAT_X86_INT8
+  __m256 acc[RX];
+  for (int c = 0; c < RX; ++c) acc[c] = _mm256_setzero_ps();
+  const __m256i low4 = _mm256_set1_epi8(0x0f), low2 = _mm256_set1_epi8(0x03);
+  const __m256i thirty_two = _mm256_set1_epi8(32);
+  for (std::size_t b = 0; b < nb; ++b) {
+    const uint8_t* sb = row + (b / 8) * 210;
+    const int h = int(b % 8) / 4, k = int(b % 4);
+    __m256i ql = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 64 * h + 32 * (k & 1)));
+    if (k >= 2) ql = _mm256_srli_epi16(ql, 4);
+    const __m256i qh =
+        _mm256_srl_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 128 + 32 * h)),
+                         _mm_cvtsi32_si128(2 * k));
+    const __m256i q = _mm256_or_si256(_mm256_and_si256(ql, low4),
+                                      _mm256_slli_epi16(_mm256_and_si256(qh, low2), 4));
+    const auto* sc = reinterpret_cast<const int8_t*>(sb + 192 + 8 * h + 2 * k);
+    const float d = LoadF16(sb + 208);
+    // Lanes 0-3 hold elements 0-15 (first scale), lanes 4-7 elements 16-31.
+    const __m256 scale =
+        _mm256_setr_m128(_mm_set1_ps(d * float(sc[0])), _mm_set1_ps(d * float(sc[1])));
+    for (int c = 0; c < RX; ++c) {
+      const __m256i xv =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + (i0 + c) * x.cols + 32 * b));
+      const __m256i corr =
+          _mm256_sub_epi32(_mm256_setzero_si256(), DotU8S8(_mm256_setzero_si256(), thirty_two, xv));
+      const __m256 p = _mm256_cvtepi32_ps(DotU8S8(corr, q, xv));
+      const __m256 dx = _mm256_set1_ps(x.d[(i0 + c) * x.nb + b]);
+      acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(p, dx), scale, acc[c]);
+    }
+  }
+  for (int c = 0; c < RX; ++c) out[c] = HSum(acc[c]);
+#else
+  for (int c = 0; c < RX; ++c) {
+    float sum = 0.0f;
+    for (std::size_t b = 0; b < nb; ++b) {
+      const uint8_t* sb = row + (b / 8) * 210;
+      const int h = int(b % 8) / 4, k = int(b % 4);
+      const uint8_t* ql = sb + 64 * h + 32 * (k & 1);
+      const uint8_t* qh = sb + 128 + 32 * h;
+      const auto* sc = reinterpret_cast<const int8_t*>(sb + 192 + 8 * h + 2 * k);
+      const int8_t* xq = x.q + (i0 + c) * x.cols + 32 * b;
+      int32_t part[2] = {0, 0};
+      for (int j = 0; j < 32; ++j) {
+        const int q = ((k >= 2 ? ql[j] >> 4 : ql[j]) & 0x0f) | ((qh[j] >> (2 * k)) & 3) << 4;
+        part[j / 16] += (q - 32) * xq[j];
+      }
+      const float d = LoadF16(sb + 208);
+      const float dx = x.d[(i0 + c) * x.nb + b];
+      sum += float(part[0]) * dx * (d * float(sc[0])) + float(part[1]) * dx * (d * float(sc[1]));
+    }
+    out[c] = sum;
+  }
+#endif
+}
+
+void Q6KRows(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::size_t r1,
+             const Q8Rows& x, std::size_t n, float* y, std::size_t ldy) {
+  for (std::size_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w + r * row_bytes;
+    for (std::size_t i = 0; i < n; i += 4) {
+      float out[4];
+      const std::size_t rx = std::min<std::size_t>(4, n - i);
+      switch (rx) {
+        case 1:
+          Q6KRow<1>(row, x.nb, x, i, out);
+          break;
+        case 2:
+          Q6KRow<2>(row, x.nb, x, i, out);
+          break;
+        case 3:
+          Q6KRow<3>(row, x.nb, x, i, out);
+          break;
+        default:
+          Q6KRow<4>(row, x.nb, x, i, out);
+          break;
+      }
+      for (std::size_t c = 0; c < rx; ++c) y[(i + c) * ldy + r] = out[c];
+    }
+  }
+}
+
 void Q8RowsImpl(TensorType type, const uint8_t* w, std::size_t row_bytes, std::size_t r0,
                 std::size_t r1, const Q8Rows& x, std::size_t n, float* y, std::size_t ldy,
                 float* scratch) {
@@ -563,6 +654,8 @@ void Q8RowsImpl(TensorType type, const uint8_t* w, std::size_t row_bytes, std::s
       return QuantRows<Q4_0Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
     case TensorType::Q4_K:
       return QuantRows<Q4_KFormat>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
+    case TensorType::Q6_K:
+      return Q6KRows(w, row_bytes, r0, r1, x, n, y, ldy);
     default:
       return QuantRows<Q8_0Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
   }
