@@ -9,5 +9,7 @@ namespace squat::apps {
 void register_quant_command(CLI::App& app);  // quant_command.cpp
 void register_run_command(CLI::App& app);    // run_command.cpp (run, chat)
 void register_bench_command(CLI::App& app);  // bench_command.cpp
+void register_perplexity_command(CLI::App& app);  // perplexity_command.cpp
+void register_eval_command(CLI::App& app);        // eval_command.cpp (gsm8k, passkey)
 
 }  // namespace squat::apps

@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
   squat::apps::register_run_command(app);
   squat::apps::register_quant_command(app);
   squat::apps::register_bench_command(app);
+  squat::apps::register_perplexity_command(app);
+  squat::apps::register_eval_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
