@@ -9,7 +9,7 @@ export SQUAT_MODELS
 
 DEB_PACKAGES = cmake ninja-build g++ clang ccache pkg-config libgtest-dev libgmock-dev libbenchmark-dev \
   libhwy-dev libeigen3-dev libcli11-dev nlohmann-json3-dev libfmt-dev libpcre2-dev \
-  libcpp-httplib-dev python3-pip
+  libcpp-httplib-dev python3-pip python3-matplotlib
 
 CMAKE_FLAGS = -G Ninja -DCMAKE_BUILD_TYPE=Release -DSQUAT_WERROR=ON -DSQUAT_TEST_MODEL=$(MODEL)
 

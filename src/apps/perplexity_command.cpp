@@ -272,6 +272,7 @@ void perplexity(const PerplexityOptions& options) {
       {"cache_bytes_last_window", cache_bytes},
       {"seconds", seconds},
       {"threads", loaded.pool->size()},
+      {"nll_per_token", nll},
   };
   if (compare) {
     const double base_ppl = std::exp(mean(base_nll));
@@ -297,6 +298,7 @@ void perplexity(const PerplexityOptions& options) {
     out["delta_perplexity"] = dppl;
     out["delta_nll_mean"] = mean(diff);
     out["delta_nll_stderr"] = stderr_of_mean(diff);
+    out["kl_per_token"] = kl;  // for paired comparisons of two methods on the same tokens
   }
   if (!options.json_path.empty()) write_file_atomically(options.json_path, out.dump(2) + "\n");
 }
