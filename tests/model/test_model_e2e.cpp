@@ -113,20 +113,24 @@ nlohmann::json load_llamacpp_fixture() {
 
 // Both engines multiply Q4_1 weights with activations quantized to 8 bits per block of 32.
 // That rounding is discontinuous, and this model's residual stream carries outliers in the
-// tens of thousands, so a last-bit difference anywhere (summation order, fp16 KV cache
-// rounding) moves logits by a few tenths: with plain float matrix products instead, our logits
-// sit within 0.2 of llama.cpp's on the short prompt. The tolerances below are set for that
-// noise: on logits spanning 10-35, every top-20 logit within 1.0,
-// with a mean difference under 0.4, and the same greedy tokens up to a near-tie.
+// tens of thousands, so a last-bit difference anywhere moves logits by a few tenths. llama.cpp
+// also rounds queries and attention weights to fp16 inside attention, where we stay in fp32
+// (with plain float matrix products instead, our logits sit within 0.2 of llama.cpp's on the
+// short prompt). The tolerances are set for that noise, on logits spanning 10-35: every top-20
+// logit within 1.0 and their mean difference under 0.4.
 constexpr double kMaxLogitDifference = 1.0;
 constexpr double kMeanLogitDifference = 0.4;
-// A divergence of the greedy sequences is accepted only where llama.cpp's top two logits were
-// this close (a near-tie that the noise above can flip).
-constexpr double kNearTie = 0.5;
+// Greedy tokens are compared step by step along llama.cpp's own sequence (each step is fed
+// llama.cpp's token). A step where we pick another token is accepted only where llama.cpp's
+// top two logits were within this (twice the per-logit noise above: both can move).
+constexpr double kNearTie = 1.0;
+// And at least this share of all steps must pick llama.cpp's token.
+constexpr double kMinGreedyAgreement = 0.95;
 
 TEST_F(DefaultModel, MatchesLlamaCppTokensLogitsAndGreedyText) {
   const nlohmann::json fixture = load_llamacpp_fixture();
   ASSERT_GE(fixture["cases"].size(), 5u);
+  int steps = 0, agreed = 0;
   for (const auto& c : fixture["cases"]) {
     SCOPED_TRACE(c["name"].get<std::string>());
     const std::vector<int32_t> expected_tokens = c["prompt_tokens"].get<std::vector<int32_t>>();
@@ -152,19 +156,22 @@ TEST_F(DefaultModel, MatchesLlamaCppTokensLogitsAndGreedyText) {
     const int vocab = model_->config().vocab_size;
     for (std::size_t step = 0; step < expected_text.size(); ++step) {
       const int32_t ours = Sampler::argmax(logits, vocab);
-      if (ours != expected_text[step]) {
+      ++steps;
+      if (ours == expected_text[step]) {
+        ++agreed;
+      } else {
         const auto& top2 = c["steps"][step];
         const double gap = top2[0][1].get<double>() - top2[1][1].get<double>();
-        EXPECT_LT(gap, kNearTie) << "greedy tokens diverge at step " << step << " (ours " << ours
-                                 << ", llama.cpp " << expected_text[step]
-                                 << ") where llama.cpp's top-2 gap is " << gap;
-        std::printf("[ note ] %s: greedy divergence at step %zu, llama.cpp top-2 gap %.4f\n",
+        EXPECT_LT(gap, kNearTie) << "step " << step << ": we pick " << ours << ", llama.cpp "
+                                 << expected_text[step] << " with a top-2 gap of " << gap;
+        std::printf("[ note ] %s: step %zu picks another token; llama.cpp's top-2 gap %.4f\n",
                     c["name"].get<std::string>().c_str(), step, gap);
-        break;
       }
       logits = context->eval(std::span<const int32_t>(&expected_text[step], 1));
     }
   }
+  std::printf("[ note ] greedy agreement with llama.cpp: %d of %d steps\n", agreed, steps);
+  EXPECT_GE(agreed, kMinGreedyAgreement * steps);
 }
 
 }  // namespace
