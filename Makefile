@@ -53,7 +53,7 @@ test-release: build model
 # Unit tests again under AddressSanitizer and UndefinedBehaviorSanitizer (the heavy end-to-end
 # tests run only in the release build above).
 test-sanitize: deps model
-	cmake -S . -B $(BUILD_ASAN) $(CMAKE_FLAGS) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSQUAT_SANITIZE=ON -DSQUAT_BENCH=OFF
+	cmake -S . -B $(BUILD_ASAN) $(CMAKE_FLAGS) -DSQUAT_SANITIZE=ON -DSQUAT_BENCH=OFF
 	cmake --build $(BUILD_ASAN) -j $(JOBS)
 	cd $(BUILD_ASAN) && ctest --output-on-failure -j $(JOBS) -LE slow
 
