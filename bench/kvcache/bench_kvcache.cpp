@@ -3,9 +3,11 @@
 #include <benchmark/benchmark.h>
 
 #include <cmath>
+#include <memory>
 #include <random>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "squat/kvcache.h"
 
 using namespace squat::kv;
@@ -93,7 +95,8 @@ BENCHMARK(BM_SquatPrecompute)
     ->Unit(benchmark::kMicrosecond);
 
 // One decode step of one layer (3 KV heads, 9 query heads, d = 64: SmolLM2-135M shape) over
-// 4096 cached tokens. args: method, bits, d, pre-RoPE keys (1) or post-RoPE (0)
+// 4096 cached tokens. args: method, bits, d, pre-RoPE keys (1) or post-RoPE (0), threads
+// (0: no pool; CPU time then only counts the calling thread, so compare real time)
 void BM_DecodeAttention4K(benchmark::State& state) {
   const CacheMethod m = CacheMethod(state.range(0));
   const int bits = int(state.range(1)), d = int(state.range(2));
@@ -113,8 +116,11 @@ void BM_DecodeAttention4K(benchmark::State& state) {
   const std::vector<float> q = randn(std::size_t(n_heads * d), 7);
   std::vector<float> out(q.size());
   const int pos = int(n) - 1;
+  const int threads = state.range(4);
+  std::unique_ptr<squat::ThreadPool> pool;
+  if (threads > 0) pool = std::make_unique<squat::ThreadPool>(threads);
   for (auto _ : state) {
-    cache.layer(0).attend(q.data(), 1, n_heads, &pos, out.data());
+    cache.layer(0).attend(q.data(), 1, n_heads, &pos, out.data(), pool.get());
     benchmark::DoNotOptimize(out.data());
   }
   state.SetItemsProcessed(state.iterations() * int64_t(n) * n_kv);  // cached tokens x KV heads
@@ -122,20 +128,24 @@ void BM_DecodeAttention4K(benchmark::State& state) {
   state.SetLabel(cfg.describe());
 }
 BENCHMARK(BM_DecodeAttention4K)
-    ->ArgNames({"method", "bits", "d", "pre"})
-    ->Args({int(CacheMethod::F32), 0, 64, 1})
-    ->Args({int(CacheMethod::F16), 0, 64, 1})
-    ->Args({int(CacheMethod::Int8), 0, 64, 1})
-    ->Args({int(CacheMethod::Int4), 0, 64, 1})
-    ->Args({int(CacheMethod::Kivi), 2, 64, 1})
-    ->Args({int(CacheMethod::Kivi), 4, 64, 1})
-    ->Args({int(CacheMethod::Squat), 2, 64, 1})
-    ->Args({int(CacheMethod::Squat), 4, 64, 1})
-    ->Args({int(CacheMethod::Kivi), 2, 128, 1})
-    ->Args({int(CacheMethod::Squat), 2, 128, 1})
-    ->Args({int(CacheMethod::F32), 0, 64, 0})
-    ->Args({int(CacheMethod::Kivi), 2, 64, 0})
-    ->Args({int(CacheMethod::Squat), 2, 64, 0})
+    ->ArgNames({"method", "bits", "d", "pre", "threads"})
+    ->Args({int(CacheMethod::F32), 0, 64, 1, 0})
+    ->Args({int(CacheMethod::F16), 0, 64, 1, 0})
+    ->Args({int(CacheMethod::Int8), 0, 64, 1, 0})
+    ->Args({int(CacheMethod::Int4), 0, 64, 1, 0})
+    ->Args({int(CacheMethod::Kivi), 2, 64, 1, 0})
+    ->Args({int(CacheMethod::Kivi), 4, 64, 1, 0})
+    ->Args({int(CacheMethod::Squat), 2, 64, 1, 0})
+    ->Args({int(CacheMethod::Squat), 4, 64, 1, 0})
+    ->Args({int(CacheMethod::Kivi), 2, 128, 1, 0})
+    ->Args({int(CacheMethod::Squat), 2, 128, 1, 0})
+    ->Args({int(CacheMethod::F32), 0, 64, 0, 0})
+    ->Args({int(CacheMethod::Kivi), 2, 64, 0, 0})
+    ->Args({int(CacheMethod::Squat), 2, 64, 0, 0})
+    ->Args({int(CacheMethod::F16), 0, 64, 1, 2})
+    ->Args({int(CacheMethod::Squat), 2, 64, 1, 2})
+    ->Args({int(CacheMethod::Squat), 2, 64, 0, 2})
+    ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
 // Prefill through the cache: 512 queries (causal) over the 512 tokens just appended (one layer,

@@ -12,13 +12,28 @@
 
 namespace squat::kv::detail {
 
+// Grow-only scratch of the chunk quantizers: once sized (by a first call or reserve), later
+// calls of the same shape allocate nothing (the decode path flushes through it).
+struct QuantScratch {
+  std::vector<uint8_t> raw;
+  std::vector<float> mn, mx, sc, mi, safe;  // per column of a block
+  std::vector<float> target, err;           // SQuat: [n, d] target and [n, g] block error
+  void reserve(std::size_t n, std::size_t d);
+};
+
+// Sizes q for the shape (reusing its vectors' capacity) and zeroes codes and params.
 void init_chunk(QuantizedChunk& q, std::size_t n, std::size_t d, int bits, int group_size,
                 GroupLayout layout, ParamType p);
 // Quantizes columns [c0, c1) of x ([q.n, ld] row-major) into q's groups (c0, c1 aligned to
 // the group structure). When xhat is non-null, writes the dequantized columns to
 // xhat[t*ldh + (c - c0)].
 void quantize_columns(const float* x, std::size_t ld, std::size_t c0, std::size_t c1,
-                      QuantizedChunk& q, float* xhat, std::size_t ldh);
+                      QuantizedChunk& q, float* xhat, std::size_t ldh, QuantScratch& scratch);
+// quantize_chunk / squat_quantize_chunk into an existing chunk with caller-owned scratch
+// (no allocation once q and scratch have the capacity). state == nullptr: KIVI.
+void quantize_chunk_into(const float* x, std::size_t n, std::size_t d, int bits, int group_size,
+                         GroupLayout layout, ParamType p, const SquatState* state,
+                         QuantizedChunk& q, QuantScratch& scratch);
 
 // Fast unpack of n packed codes to floats (table lookup per byte): out[i] = float(code_i).
 void unpack_to_float(const uint8_t* packed, std::size_t n, int bits, float* out);

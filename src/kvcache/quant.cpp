@@ -160,20 +160,33 @@ void init_chunk(QuantizedChunk& q, std::size_t n, std::size_t d, int bits, int g
   q.group_size = group_size;
   q.layout = layout;
   q.param_type = p;
+  // assign keeps the capacity: no allocation when the chunk is reused for the same shape.
   q.codes.assign(q.codes_bytes(), 0);
   q.scale.assign(q.n_groups(), 0.0f);
   q.min.assign(q.n_groups(), 0.0f);
 }
 
+void QuantScratch::reserve(std::size_t n, std::size_t d) {
+  const auto grow = [](auto& v, std::size_t k) {
+    if (v.size() < k) v.resize(k);
+  };
+  grow(raw, std::max(n, d));
+  for (auto* v : {&mn, &mx, &sc, &mi, &safe}) grow(*v, d);
+  grow(target, n * d);
+  grow(err, n * d);
+}
+
 void quantize_columns(const float* x, std::size_t ld, std::size_t c0, std::size_t c1,
-                      QuantizedChunk& q, float* xhat, std::size_t ldh) {
+                      QuantizedChunk& q, float* xhat, std::size_t ldh, QuantScratch& scratch) {
   const std::size_t G = std::size_t(q.group_size), w = c1 - c0;
   const float levels = float((1 << q.bits) - 1);
-  std::vector<uint8_t> raw(std::max(G, w));
+  scratch.reserve(0, std::max(G, w));
+  std::vector<uint8_t>& raw = scratch.raw;
   if (q.layout == GroupLayout::PerChannel) {
     // Vectorized across channels: min/max, params, then codes row by row, OR-packed into the
     // token rows (bits of neighbouring column blocks may share a byte).
-    std::vector<float> mn(w), mx(w), sc(w), mi(w), safe(w);
+    std::vector<float>&mn = scratch.mn, &mx = scratch.mx, &sc = scratch.sc, &mi = scratch.mi,
+    &safe = scratch.safe;
     const std::size_t rb = packed_bytes(q.d, q.bits);
     for (std::size_t tg = 0; tg < q.n / G; ++tg) {
       const float* xg = x + tg * G * ld + c0;
@@ -238,8 +251,8 @@ QuantizedChunk quantize_chunk(const float* x, std::size_t n, std::size_t d, int 
                               int group_size, GroupLayout layout, ParamType p) {
   check_chunk_params(n, d, bits, group_size, layout);
   QuantizedChunk q;
-  detail::init_chunk(q, n, d, bits, group_size, layout, p);
-  detail::quantize_columns(x, d, 0, d, q, nullptr, 0);
+  detail::QuantScratch scratch;
+  detail::quantize_chunk_into(x, n, d, bits, group_size, layout, p, nullptr, q, scratch);
   return q;
 }
 

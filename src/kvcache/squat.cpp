@@ -19,7 +19,6 @@ namespace squat::kv {
 namespace {
 
 using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 }  // namespace
 
@@ -167,35 +166,50 @@ std::size_t SquatState::bytes() const {
 QuantizedChunk squat_quantize_chunk(const float* keys, std::size_t n, std::size_t d, int bits,
                                     int group_size, GroupLayout layout, ParamType p,
                                     const SquatState& state) {
+  QuantizedChunk q;
+  detail::QuantScratch scratch;
+  detail::quantize_chunk_into(keys, n, d, bits, group_size, layout, p, &state, q, scratch);
+  return q;
+}
+
+namespace detail {
+
+void quantize_chunk_into(const float* keys, std::size_t n, std::size_t d, int bits, int group_size,
+                         GroupLayout layout, ParamType p, const SquatState* state,
+                         QuantizedChunk& q, QuantScratch& scratch) {
   check_chunk_params(n, d, bits, group_size, layout);
-  if (state.empty() || std::size_t(state.head_dim()) != d) {
-    fail_usage("SQuat state is for head_dim {}, keys have {}", state.head_dim(), d);
+  if (state && (state->empty() || std::size_t(state->head_dim()) != d)) {
+    fail_usage("SQuat state is for head_dim {}, keys have {}", state->head_dim(), d);
   }
-  const std::size_t g = std::size_t(state.block_size());
-  if (layout == GroupLayout::PerToken && g % std::size_t(group_size) != 0) {
+  const std::size_t g = state ? std::size_t(state->block_size()) : d;
+  if (state && layout == GroupLayout::PerToken && g % std::size_t(group_size) != 0) {
     fail_usage("per-token SQuat needs quant_group_size {} divisible by group size {}", g,
                group_size);
   }
-  QuantizedChunk q;
-  detail::init_chunk(q, n, d, bits, group_size, layout, p);
-  if (state.is_identity()) {
-    detail::quantize_columns(keys, d, 0, d, q, nullptr, 0);
-    return q;
+  init_chunk(q, n, d, bits, group_size, layout, p);
+  if (!state || state->is_identity()) {
+    quantize_columns(keys, d, 0, d, q, nullptr, 0, scratch);
+    return;
   }
   const std::size_t T = d / g;
-  MatF target = Eigen::Map<const MatF>(keys, Eigen::Index(n), Eigen::Index(d));
-  MatF E(static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(g));
+  scratch.reserve(n, d);
+  float* target = scratch.target.data();  // [n, d]
+  float* E = scratch.err.data();          // [n, g]
+  std::copy(keys, keys + n * d, target);
   for (std::size_t i = 1; i <= T; ++i) {
     const std::size_t c0 = (i - 1) * g;
     // Quantize block i of the current target; E receives K̂[:, block i].
-    detail::quantize_columns(target.data(), d, c0, c0 + g, q, E.data(), g);
+    quantize_columns(target, d, c0, c0 + g, q, E, g, scratch);
     if (i == T) break;
-    E -= target.middleCols(Eigen::Index(c0), Eigen::Index(g));
+    for (std::size_t t = 0; t < n; ++t) {
+      for (std::size_t c = 0; c < g; ++c) E[t * g + c] -= target[t * d + c0 + c];
+    }
     const std::size_t F = i * g;
-    simd::gemm_acc(E.data(), n, g, state.w(int(i)).data(), d - F, target.data() + F, d);
+    simd::gemm_acc(E, n, g, state->w(int(i)).data(), d - F, target + F, d);
   }
-  return q;
 }
+
+}  // namespace detail
 
 // ---- State files --------------------------------------------------------------------------
 

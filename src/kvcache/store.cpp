@@ -1,9 +1,9 @@
 // The cache store (residual window and flush rules of docs/SQUAT.md §1, byte accounting) and
 // attention over it (block-by-block dequantization, online softmax, RoPE for pre-RoPE keys).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <exception>
-#include <functional>
 #include <limits>
 #include <mutex>
 
@@ -177,6 +177,11 @@ struct LayerCache::Impl {
   int kbits = 0, vbits = 0, G = 0, R = 0;
   GroupLayout key_layout = GroupLayout::PerToken;
   bool kivi_like = false, int_method = false;
+  // append's scratch (append is not thread-safe anyway): sized by reserve or the first flush,
+  // then reused, so decoding allocates nothing.
+  QuantizedChunk chunk;
+  detail::QuantScratch qscratch;
+  std::vector<float> flush_buf, rowbuf;
 
   std::size_t D() const { return std::size_t(d); }
   std::size_t gb(int bits) const { return packed_bytes(std::size_t(G), bits); }
@@ -188,6 +193,16 @@ struct LayerCache::Impl {
   void load_values(int h, std::size_t t0, std::size_t nb, float* out, float* scratch) const;
   void load_rows(const QuantPart& part, int bits, std::size_t row, std::size_t nb, float* out,
                  float* scratch) const;
+  // Attention block length (tokens dequantized at once): the key group for KIVI/SQuat.
+  std::size_t block() const;
+  // Tokens visible to the latest of the queries.
+  std::size_t visible_limit(const int* q_pos, std::size_t n_q) const;
+  // Partial online softmax of the query heads of KV head h over tokens [t0, t1): per row
+  // (query i, repeat r) at part + row*(D+2): max, sum, accumulator[D].
+  void attend_range(int h, const float* q, std::size_t n_q, int n_heads, const int* q_pos,
+                    std::size_t t0, std::size_t t1, float* part) const;
+  // Merges n_split partials of one row into o (and undoes the Hadamard rotation).
+  void finish_row(const float* part, std::size_t n_split, std::size_t split_stride, float* o) const;
 };
 
 LayerCache::LayerCache(const CacheConfig& config, int n_kv_heads, int head_dim,
@@ -238,8 +253,9 @@ void LayerCache::clear_states() { impl_->states.clear(); }
 namespace {
 
 // Runs body(h) for every KV head, on the pool when given; the first exception is rethrown on
-// the calling thread (workers must not throw).
-void for_each_head(int n, ThreadPool* pool, const std::function<void(int)>& body) {
+// the calling thread (workers must not throw). Used by set_queries (once per prompt), not by
+// the decode path.
+void for_each_head(int n, ThreadPool* pool, FunctionRef<void(int)> body) {
   if (!pool || pool->size() <= 1 || n <= 1) {
     for (int h = 0; h < n; ++h) body(h);
     return;
@@ -305,30 +321,30 @@ void LayerCache::set_states(std::vector<SquatState> states) {
 
 void LayerCache::Impl::flush_keys(int h, std::size_t rows) {
   HeadStore& hs = heads[std::size_t(h)];
-  std::vector<float> buf(rows * D());
-  hs.kres.get(0, rows * D(), buf.data());
-  QuantizedChunk q;
+  if (flush_buf.size() < rows * D()) flush_buf.resize(rows * D());
+  hs.kres.get(0, rows * D(), flush_buf.data());
+  const SquatState* state = nullptr;
   if (cfg.method == CacheMethod::Squat) {
     if (states.empty()) {
       fail(
           "SQuat cache: no query subspace for this layer (call set_queries or set_states "
           "before keys are flushed)");
     }
-    q = squat_quantize_chunk(buf.data(), rows, D(), kbits, G, key_layout, cfg.param_type,
-                             states[std::size_t(h)]);
-  } else {
-    q = quantize_chunk(buf.data(), rows, D(), kbits, G, key_layout, cfg.param_type);
+    state = &states[std::size_t(h)];
   }
-  hs.kq.append(q);  // per-channel chunks are already token-major rows of codes
+  detail::quantize_chunk_into(flush_buf.data(), rows, D(), kbits, G, key_layout, cfg.param_type,
+                              state, chunk, qscratch);
+  hs.kq.append(chunk);  // per-channel chunks are already token-major rows of codes
   hs.kres.erase_front(rows * D());
 }
 
 void LayerCache::Impl::flush_values(int h, std::size_t rows) {
   HeadStore& hs = heads[std::size_t(h)];
-  std::vector<float> buf(rows * D());
-  hs.vres.get(0, rows * D(), buf.data());
-  hs.vq.append(
-      quantize_chunk(buf.data(), rows, D(), vbits, G, GroupLayout::PerToken, cfg.param_type));
+  if (flush_buf.size() < rows * D()) flush_buf.resize(rows * D());
+  hs.vres.get(0, rows * D(), flush_buf.data());
+  detail::quantize_chunk_into(flush_buf.data(), rows, D(), vbits, G, GroupLayout::PerToken,
+                              cfg.param_type, nullptr, chunk, qscratch);
+  hs.vq.append(chunk);
   hs.vres.erase_front(rows * D());
 }
 
@@ -337,16 +353,17 @@ void LayerCache::append(const float* k, const float* v, std::size_t n_new) {
   if (n_new == 0) return;
   const std::size_t D = m.D(), stride = std::size_t(m.n_kv) * D;
   if (m.rope) m.rope->ensure(m.n + n_new);
-  std::vector<float> rowbuf(D);
+  if (m.rowbuf.size() < D) m.rowbuf.resize(D);
+  float* rowbuf = m.rowbuf.data();
   for (int h = 0; h < m.n_kv; ++h) {
     HeadStore& hs = m.heads[std::size_t(h)];
     for (std::size_t i = 0; i < n_new; ++i) {
       hs.kres.push(k + i * stride + std::size_t(h) * D, D);
       const float* vrow = v + i * stride + std::size_t(h) * D;
       if (m.cfg.hadamard) {
-        std::copy(vrow, vrow + D, rowbuf.data());
-        hadamard_transform(rowbuf.data(), m.d);
-        vrow = rowbuf.data();
+        std::copy(vrow, vrow + D, rowbuf);
+        hadamard_transform(rowbuf, m.d);
+        vrow = rowbuf;
       }
       hs.vres.push(vrow, D);
     }
@@ -474,6 +491,119 @@ void LayerCache::Impl::load_values(int h, std::size_t t0, std::size_t nb, float*
 }
 
 // ---- Attention -----------------------------------------------------------------------------
+//
+// Flash-decoding: the work of one call is split into tasks (KV head, range of tokens); each
+// task keeps, per query row, a partial online softmax (max m, sum l, unnormalised value
+// accumulator acc) over its range, and the partials are merged with the log-sum-exp rule
+// (M = max m_j, L = sum l_j e^(m_j - M), out = sum acc_j e^(m_j - M) / L). The split depends
+// only on the number of visible tokens and queries, never on the pool, so the result is the
+// same with any number of threads. Scratch is per thread and grow-only (no allocation once
+// warm), the pool takes a non-allocating function reference, and nothing locks.
+
+namespace {
+
+// Per-thread attention scratch: token blocks of keys/values as floats, logits, dequantization
+// parameters, and (on the calling thread) the partials of all tasks.
+struct AttnScratch {
+  std::vector<float> kb, vb, s, tmp, part;
+};
+AttnScratch& attn_scratch() {
+  thread_local AttnScratch scratch;
+  return scratch;
+}
+void grow(std::vector<float>& v, std::size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+constexpr std::size_t kSplitTokens = 128;    // shortest token range of a task
+constexpr std::size_t kMaxSplits = 16;       // token ranges per KV head at most
+constexpr std::size_t kSplitMaxQueries = 4;  // more queries (prefill): one task per KV head
+
+// Merges n partials (m, l, acc[D]) spaced `stride` floats apart into o[D].
+void merge_partials(const float* part, std::size_t n, std::size_t stride, std::size_t D, float* o) {
+  float M = -std::numeric_limits<float>::infinity();
+  for (std::size_t j = 0; j < n; ++j) {
+    if (part[j * stride + 1] > 0.0f) M = std::max(M, part[j * stride]);
+  }
+  std::fill(o, o + D, 0.0f);
+  if (M == -std::numeric_limits<float>::infinity()) return;  // sees no key: zeros
+  float L = 0.0f;
+  for (std::size_t j = 0; j < n; ++j) {
+    const float* p = part + j * stride;
+    if (!(p[1] > 0.0f)) continue;
+    const float w = std::exp(p[0] - M);
+    L += w * p[1];
+    for (std::size_t c = 0; c < D; ++c) o[c] += w * p[2 + c];
+  }
+  const float inv = 1.0f / L;
+  for (std::size_t c = 0; c < D; ++c) o[c] *= inv;
+}
+
+}  // namespace
+
+std::size_t LayerCache::Impl::block() const { return kivi_like ? std::size_t(G) : 32; }
+
+void LayerCache::Impl::attend_range(int h, const float* q, std::size_t n_q, int n_heads,
+                                    const int* q_pos, std::size_t t0, std::size_t t1,
+                                    float* part) const {
+  const std::size_t Dd = D(), stride = Dd + 2;
+  const int n_rep = n_heads / n_kv;
+  const std::size_t rows = n_q * std::size_t(n_rep);
+  const float scale = 1.0f / std::sqrt(float(d));
+  const std::size_t B = block();
+  AttnScratch& sc = attn_scratch();
+  grow(sc.kb, B * Dd);
+  grow(sc.vb, B * Dd);
+  grow(sc.s, B);
+  grow(sc.tmp, 2 * std::max(B * Dd, Dd));
+  for (std::size_t row = 0; row < rows; ++row) {
+    float* p = part + row * stride;
+    p[0] = -std::numeric_limits<float>::infinity();
+    std::fill(p + 1, p + stride, 0.0f);
+  }
+  const bool pre = cfg.key_rope == KeyRope::Pre;
+  const bool neox = pre && rope->layout() == RopeLayout::Neox;
+  float* kb = sc.kb.data();
+  float* vb = sc.vb.data();
+  float* s = sc.s.data();
+  for (std::size_t b0 = t0; b0 < t1; b0 += B) {
+    const std::size_t nb = std::min(B, t1 - b0);
+    load_keys(h, b0, nb, kb, sc.tmp.data());
+    if (pre) simd::rope_rows(kb, nb, Dd, rope->c_row(b0), rope->s_row(b0), neox);
+    load_values(h, b0, nb, vb, sc.tmp.data());
+    for (std::size_t i = 0; i < n_q; ++i) {
+      const long long vis_ll =
+          std::min<long long>((long long)nb, (long long)q_pos[i] - (long long)b0 + 1);
+      if (vis_ll <= 0) continue;
+      const std::size_t vis = std::size_t(vis_ll);
+      for (int r = 0; r < n_rep; ++r) {
+        float* p = part + (i * std::size_t(n_rep) + std::size_t(r)) * stride;
+        const float* qv = q + (i * std::size_t(n_heads) + std::size_t(h * n_rep + r)) * Dd;
+        simd::block_logits(qv, kb, vis, Dd, scale, s);
+        float bmax = s[0];
+        for (std::size_t t = 1; t < vis; ++t) bmax = std::max(bmax, s[t]);
+        const float m_new = std::max(p[0], bmax);
+        const float corr = std::exp(p[0] - m_new);  // 0 when the max was -inf
+        const float psum = simd::exp_sum(s, vis, m_new);
+        simd::accumulate(p + 2, corr, s, vb, vis, Dd);
+        p[1] = p[1] * corr + psum;
+        p[0] = m_new;
+      }
+    }
+  }
+}
+
+std::size_t LayerCache::Impl::visible_limit(const int* q_pos, std::size_t n_q) const {
+  long long max_pos = -1;
+  for (std::size_t i = 0; i < n_q; ++i) max_pos = std::max<long long>(max_pos, q_pos[i]);
+  return std::size_t(std::clamp<long long>(max_pos + 1, 0, (long long)n));
+}
+
+void LayerCache::Impl::finish_row(const float* part, std::size_t n_split, std::size_t split_stride,
+                                  float* o) const {
+  merge_partials(part, n_split, split_stride, D(), o);
+  if (cfg.hadamard) hadamard_transform(o, d);
+}
 
 void LayerCache::attend_head(int kv_head, const float* q, std::size_t n_q, int n_heads,
                              const int* q_pos, float* out) const {
@@ -481,67 +611,75 @@ void LayerCache::attend_head(int kv_head, const float* q, std::size_t n_q, int n
   if (n_heads % m.n_kv != 0) {
     fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, m.n_kv);
   }
-  const std::size_t D = m.D();
+  const std::size_t D = m.D(), stride = D + 2;
   const int n_rep = n_heads / m.n_kv;
   const std::size_t rows = n_q * std::size_t(n_rep);
-  const float scale = 1.0f / std::sqrt(float(m.d));
-  long long max_pos = -1;
-  for (std::size_t i = 0; i < n_q; ++i) max_pos = std::max<long long>(max_pos, q_pos[i]);
-  const std::size_t limit = std::size_t(std::min<long long>((long long)m.n, max_pos + 1));
-  const std::size_t B = m.kivi_like ? std::size_t(m.G) : 32;
-
-  std::vector<float> mx(rows, -std::numeric_limits<float>::infinity()), l(rows, 0.0f);
-  std::vector<float> acc(rows * D, 0.0f);
-  std::vector<float> kb(B * D), vb(B * D), s(B), scratch(2 * std::max(B * D, D));
-  const bool pre = m.cfg.key_rope == KeyRope::Pre;
-  const bool neox = pre && m.rope->layout() == RopeLayout::Neox;
-
-  for (std::size_t b0 = 0; b0 < limit; b0 += B) {
-    const std::size_t nb = std::min(B, limit - b0);
-    m.load_keys(kv_head, b0, nb, kb.data(), scratch.data());
-    if (pre) simd::rope_rows(kb.data(), nb, D, m.rope->c_row(b0), m.rope->s_row(b0), neox);
-    m.load_values(kv_head, b0, nb, vb.data(), scratch.data());
-    for (std::size_t i = 0; i < n_q; ++i) {
-      const long long vis_ll =
-          std::min<long long>((long long)nb, (long long)q_pos[i] - (long long)b0 + 1);
-      if (vis_ll <= 0) continue;
-      const std::size_t vis = std::size_t(vis_ll);
-      for (int r = 0; r < n_rep; ++r) {
-        const std::size_t row = i * std::size_t(n_rep) + std::size_t(r);
-        const float* qv = q + (i * std::size_t(n_heads) + std::size_t(kv_head * n_rep + r)) * D;
-        simd::block_logits(qv, kb.data(), vis, D, scale, s.data());
-        float bmax = s[0];
-        for (std::size_t t = 1; t < vis; ++t) bmax = std::max(bmax, s[t]);
-        const float m_new = std::max(mx[row], bmax);
-        const float corr = std::exp(mx[row] - m_new);  // 0 when mx was -inf
-        const float psum = simd::exp_sum(s.data(), vis, m_new);
-        simd::accumulate(acc.data() + row * D, corr, s.data(), vb.data(), vis, D);
-        l[row] = l[row] * corr + psum;
-        mx[row] = m_new;
-      }
-    }
-  }
+  AttnScratch& sc = attn_scratch();
+  grow(sc.part, rows * stride);
+  float* part = sc.part.data();
+  m.attend_range(kv_head, q, n_q, n_heads, q_pos, 0, m.visible_limit(q_pos, n_q), part);
   for (std::size_t i = 0; i < n_q; ++i) {
     for (int r = 0; r < n_rep; ++r) {
       const std::size_t row = i * std::size_t(n_rep) + std::size_t(r);
-      float* o = out + (i * std::size_t(n_heads) + std::size_t(kv_head * n_rep + r)) * D;
-      if (l[row] == 0.0f) {
-        std::fill(o, o + D, 0.0f);
-        continue;
-      }
-      const float inv = 1.0f / l[row];
-      for (std::size_t c = 0; c < D; ++c) o[c] = acc[row * D + c] * inv;
-      if (m.cfg.hadamard) hadamard_transform(o, m.d);
+      m.finish_row(part + row * stride, 1, stride,
+                   out + (i * std::size_t(n_heads) + std::size_t(kv_head * n_rep + r)) * D);
     }
   }
 }
 
 void LayerCache::attend(const float* q, std::size_t n_q, int n_heads, const int* q_pos, float* out,
                         ThreadPool* pool) const {
-  if (n_heads % impl_->n_kv != 0) {
-    fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, impl_->n_kv);
+  const Impl& m = *impl_;
+  if (n_heads % m.n_kv != 0) {
+    fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, m.n_kv);
   }
-  for_each_head(impl_->n_kv, pool, [&](int h) { attend_head(h, q, n_q, n_heads, q_pos, out); });
+  if (n_q == 0) return;
+  const std::size_t D = m.D(), stride = D + 2, B = m.block();
+  const int n_rep = n_heads / m.n_kv;
+  const std::size_t rows = n_q * std::size_t(n_rep), limit = m.visible_limit(q_pos, n_q);
+  // Token ranges: multiples of the block (so ranges start on quantization groups).
+  std::size_t n_split = 1, span = std::max<std::size_t>(limit, 1);
+  if (n_q <= kSplitMaxQueries && limit > kSplitTokens) {
+    span = std::max(kSplitTokens, (limit + kMaxSplits - 1) / kMaxSplits);
+    span = (span + B - 1) / B * B;
+    n_split = (limit + span - 1) / span;
+  }
+  const std::size_t n_tasks = std::size_t(m.n_kv) * n_split, task_floats = rows * stride;
+  AttnScratch& sc = attn_scratch();
+  // Decode sizes the partials for the most splits at once, so a growing context never
+  // reallocates them.
+  grow(sc.part, n_q <= kSplitMaxQueries ? std::size_t(m.n_kv) * kMaxSplits * kSplitMaxQueries *
+                                              std::size_t(n_rep) * stride
+                                        : n_tasks * task_floats);
+  float* part = sc.part.data();
+  std::atomic<bool> failed{false};
+  const auto run = [&](std::size_t begin, std::size_t end, int) {
+    for (std::size_t task = begin; task < end; ++task) {
+      const int h = int(task / n_split);
+      const std::size_t t0 = (task % n_split) * span, t1 = std::min(limit, t0 + span);
+      try {
+        m.attend_range(h, q, n_q, n_heads, q_pos, t0, t1, part + task * task_floats);
+      } catch (...) {  // only a failed first sizing of a worker's scratch (bad_alloc)
+        failed.store(true);
+      }
+    }
+  };
+  if (pool && pool->size() > 1 && n_tasks > 1) {
+    pool->parallel_for(n_tasks, run, 1);
+  } else {
+    run(0, n_tasks, 0);
+  }
+  if (failed.load()) fail("KV cache attention: out of memory for a worker's scratch");
+  for (int h = 0; h < m.n_kv; ++h) {
+    for (std::size_t i = 0; i < n_q; ++i) {
+      for (int r = 0; r < n_rep; ++r) {
+        const std::size_t row = i * std::size_t(n_rep) + std::size_t(r);
+        m.finish_row(part + std::size_t(h) * n_split * task_floats + row * stride, n_split,
+                     task_floats,
+                     out + (i * std::size_t(n_heads) + std::size_t(h * n_rep + r)) * D);
+      }
+    }
+  }
 }
 
 void LayerCache::reserve(std::size_t n_tokens) {
@@ -567,6 +705,14 @@ void LayerCache::reserve(std::size_t n_tokens) {
     }
   }
   if (m.rope) m.rope->ensure(n_tokens);
+  // append's flush scratch for a chunk of R keys (or one token's values).
+  const std::size_t rows = std::max<std::size_t>(std::size_t(m.R), 1);
+  if (m.flush_buf.size() < rows * D) m.flush_buf.resize(rows * D);
+  if (m.rowbuf.size() < D) m.rowbuf.resize(D);
+  m.qscratch.reserve(rows, D);
+  m.chunk.codes.reserve(rows * D);
+  m.chunk.scale.reserve(rows * D);
+  m.chunk.min.reserve(rows * D);
 }
 
 std::size_t LayerCache::allocated_bytes() const {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -459,4 +460,59 @@ TEST(KvStore, ReserveAndThreadPoolKeepResults) {
   std::vector<float> bad = q;
   bad[5] = NAN;
   EXPECT_THROW(b.layer(0).set_queries(bad.data(), n, n_heads, &pool), squat::Error);
+}
+
+// Decode attention split over KV heads x token ranges (flash-decoding) on 1..4 threads equals
+// the double-precision reference, and the split does not depend on the number of threads.
+TEST(KvAttention, SplitOverTokensMatchesReferenceOnAnyThreadCount) {
+  const int d = 64, n_kv = 3, n_heads = 9;
+  std::vector<std::unique_ptr<squat::ThreadPool>> pools;
+  for (int t = 1; t <= 4; ++t) pools.push_back(std::make_unique<squat::ThreadPool>(t));
+  for (CacheMethod m : {CacheMethod::F32, CacheMethod::F16, CacheMethod::Int8, CacheMethod::Int4,
+                        CacheMethod::Kivi, CacheMethod::Squat}) {
+    for (KeyRope kr : {KeyRope::Pre, KeyRope::Post}) {
+      for (std::size_t n : {std::size_t(1), std::size_t(31), std::size_t(129), std::size_t(300),
+                            std::size_t(1000), std::size_t(2100)}) {
+        CacheConfig cfg = kivi_config(32, 32, 2);
+        cfg.method = m;
+        cfg.key_rope = kr;
+        cfg.quant_group_size = 32;
+        const RopeSpec rope = make_rope(d, RopeLayout::Normal);
+        KvCache cache(cfg, 1, n_kv, d, rope);
+        LayerCache& layer = cache.layer(0);
+        const auto k = randn(n * n_kv * d, 50 + n), v = randn(n * n_kv * d, 60 + n);
+        const std::size_t prompt = std::min<std::size_t>(n, 64);
+        const auto pq = randn(prompt * n_heads * d, 70, 2.0f);
+        layer.set_queries(pq.data(), prompt, n_heads);
+        layer.append(k.data(), v.data(), prompt);
+        for (std::size_t t = prompt; t < n; ++t) {
+          layer.append(k.data() + t * n_kv * d, v.data() + t * n_kv * d, 1);
+        }
+        // 1 query (decode) and a few queries at different positions (still split).
+        const int last = int(n) - 1;
+        for (const std::vector<int>& pos :
+             {std::vector<int>{last}, std::vector<int>{last, last / 2, 0, last - 40}}) {
+          const auto q = randn(pos.size() * n_heads * d, 80 + n, 1.5f);
+          std::vector<float> ref(q.size());
+          layer.attend_reference(q.data(), pos.size(), n_heads, pos.data(), ref.data());
+          std::vector<float> first;
+          for (auto& pool : pools) {
+            std::vector<float> out(q.size(), 7.0f);
+            layer.attend(q.data(), pos.size(), n_heads, pos.data(), out.data(), pool.get());
+            EXPECT_LT(max_abs_diff(out, ref), 2e-4)
+                << cfg.describe() << " n=" << n << " queries=" << pos.size()
+                << " threads=" << pool->size();
+            if (first.empty()) {
+              first = out;
+            } else {
+              EXPECT_EQ(out, first) << cfg.describe() << " n=" << n;
+            }
+          }
+          std::vector<float> single(q.size());
+          layer.attend(q.data(), pos.size(), n_heads, pos.data(), single.data());
+          EXPECT_EQ(single, first) << cfg.describe() << " n=" << n << " (no pool)";
+        }
+      }
+    }
+  }
 }
