@@ -7,7 +7,10 @@
 #include <hwy/highway.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
+#include <vector>
 
 #include "core/fp16.h"
 #include "kvcache/simd.h"
@@ -64,6 +67,177 @@ float ExpSumImpl(float* x, std::size_t n, float m) {
     }
   }
   return sum;
+}
+
+// Codes of channels [c, c + N) of one token row as floats. bcast: the N codes fit in 32 bits,
+// so one broadcast 32-bit load and a per-lane shift (lane * bits) extract them; otherwise lane
+// j takes byte j / per of the N loaded bytes, shifted by (j % per) * bits. Rows are padded by
+// the caller, so whole-vector byte loads stay inside readable memory.
+template <class DF, class VU, class VI>
+HWY_INLINE hn::Vec<DF> ReadCodes(DF df, const uint8_t* HWY_RESTRICT row, std::size_t c, int bits,
+                                 bool bcast, VU shift, VU mask, VI idx) {
+  const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
+  const hn::Rebind<uint8_t, decltype(du)> d8;
+  VU v;
+  if (bcast) {
+    uint32_t w;
+    std::memcpy(&w, row + c * std::size_t(bits) / 8, 4);
+    v = hn::And(hn::Shr(hn::Set(du, w), shift), mask);
+  } else if (bits == 8) {
+    v = hn::PromoteTo(du, hn::LoadU(d8, row + c));
+  } else {
+    v = hn::PromoteTo(du, hn::LoadU(d8, row + c * std::size_t(bits) / 8));
+    v = hn::And(hn::Shr(hn::TableLookupLanes(v, idx), shift), mask);
+  }
+  return hn::ConvertTo(df, hn::BitCast(di, v));
+}
+
+bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_t* vis,
+                    std::size_t rows, float scale, float* const* part, float* work) {
+  const hn::ScalableTag<float> df;
+  const hn::RebindToUnsigned<decltype(df)> du;
+  const std::size_t N = hn::Lanes(df), D = b.d, nb = b.nb, G = b.G;
+  if (N < 4 || D % N != 0 || G % N != 0 || (b.rope_c && b.neox && (D / 2) % N != 0)) {
+    return false;
+  }
+  const std::size_t ng = D / G, half = D / 2;
+  // Lane tables of both code readers.
+  HWY_ALIGN int32_t idx_k[hn::MaxLanes(df)], idx_v[hn::MaxLanes(df)];
+  HWY_ALIGN uint32_t sh_k[hn::MaxLanes(df)], sh_v[hn::MaxLanes(df)];
+  const bool bc_k = N * std::size_t(b.kbits) <= 32, bc_v = N * std::size_t(b.vbits) <= 32;
+  const std::size_t per_k = std::size_t(8 / b.kbits), per_v = std::size_t(8 / b.vbits);
+  for (std::size_t j = 0; j < N; ++j) {
+    idx_k[j] = int32_t(j / per_k);
+    idx_v[j] = int32_t(j / per_v);
+    sh_k[j] = uint32_t(bc_k ? j * std::size_t(b.kbits) : (j % per_k) * std::size_t(b.kbits));
+    sh_v[j] = uint32_t(bc_v ? j * std::size_t(b.vbits) : (j % per_v) * std::size_t(b.vbits));
+  }
+  const auto ik = hn::SetTableIndices(du, idx_k), iv = hn::SetTableIndices(du, idx_v);
+  const auto shk = hn::Load(du, sh_k), shv = hn::Load(du, sh_v);
+  const auto mk = hn::Set(du, (1u << b.kbits) - 1u), mv = hn::Set(du, (1u << b.vbits) - 1u);
+  const std::size_t krb = D * std::size_t(b.kbits) / 8, vrb = D * std::size_t(b.vbits) / 8;
+  float* s = work;                 // [4][nb] logits, then probabilities
+  float* pw = s + 4 * nb;          // [4][ng][nb] probability x value scale
+  float* msum = pw + 4 * ng * nb;  // [4][ng] sum of probability x value min
+  float* kbuf = msum + 4 * ng;     // [D] one dequantized key (NeoX rotation)
+  for (std::size_t r0 = 0; r0 < rows; r0 += 4) {
+    const std::size_t R = std::min<std::size_t>(4, rows - r0);
+    std::size_t maxvis = 0;
+    for (std::size_t r = 0; r < R; ++r) maxvis = std::max(maxvis, vis[r0 + r]);
+    if (maxvis == 0) continue;
+    const float* q0 = q[r0];
+    const float* q1 = q[r0 + std::min<std::size_t>(1, R - 1)];
+    const float* q2 = q[r0 + std::min<std::size_t>(2, R - 1)];
+    const float* q3 = q[r0 + std::min<std::size_t>(3, R - 1)];
+    // Logits: one key at a time, unpacked, dequantized and rotated in registers.
+    for (std::size_t t = 0; t < maxvis; ++t) {
+      const uint8_t* krow = b.kcodes + t * krb;
+      auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+      if (b.rope_c && b.neox) {
+        for (std::size_t c = 0; c < D; c += N) {
+          const auto k = hn::MulAdd(ReadCodes(df, krow, c, b.kbits, bc_k, shk, mk, ik),
+                                    hn::LoadU(df, b.kscale + c), hn::LoadU(df, b.kmin + c));
+          hn::StoreU(k, df, kbuf + c);
+        }
+        const float* C = b.rope_c + t * D;
+        const float* S = b.rope_s + t * D;
+        for (std::size_t i = 0; i < half; i += N) {
+          const auto x = hn::LoadU(df, kbuf + i), y = hn::LoadU(df, kbuf + half + i);
+          const auto kx = hn::MulAdd(x, hn::LoadU(df, C + i), hn::Mul(y, hn::LoadU(df, S + i)));
+          const auto ky =
+              hn::MulAdd(y, hn::LoadU(df, C + half + i), hn::Mul(x, hn::LoadU(df, S + half + i)));
+          a0 = hn::MulAdd(hn::LoadU(df, q0 + i), kx, a0);
+          a0 = hn::MulAdd(hn::LoadU(df, q0 + half + i), ky, a0);
+          if (R > 1) {
+            a1 = hn::MulAdd(hn::LoadU(df, q1 + i), kx, a1);
+            a1 = hn::MulAdd(hn::LoadU(df, q1 + half + i), ky, a1);
+          }
+          if (R > 2) {
+            a2 = hn::MulAdd(hn::LoadU(df, q2 + i), kx, a2);
+            a2 = hn::MulAdd(hn::LoadU(df, q2 + half + i), ky, a2);
+          }
+          if (R > 3) {
+            a3 = hn::MulAdd(hn::LoadU(df, q3 + i), kx, a3);
+            a3 = hn::MulAdd(hn::LoadU(df, q3 + half + i), ky, a3);
+          }
+        }
+      } else {
+        const float* C = b.rope_c ? b.rope_c + t * D : nullptr;
+        const float* S = b.rope_c ? b.rope_s + t * D : nullptr;
+        for (std::size_t c = 0; c < D; c += N) {
+          auto k = hn::MulAdd(ReadCodes(df, krow, c, b.kbits, bc_k, shk, mk, ik),
+                              hn::LoadU(df, b.kscale + c), hn::LoadU(df, b.kmin + c));
+          if (C) {
+            k = hn::MulAdd(k, hn::LoadU(df, C + c),
+                           hn::Mul(hn::Reverse2(df, k), hn::LoadU(df, S + c)));
+          }
+          a0 = hn::MulAdd(hn::LoadU(df, q0 + c), k, a0);
+          if (R > 1) a1 = hn::MulAdd(hn::LoadU(df, q1 + c), k, a1);
+          if (R > 2) a2 = hn::MulAdd(hn::LoadU(df, q2 + c), k, a2);
+          if (R > 3) a3 = hn::MulAdd(hn::LoadU(df, q3 + c), k, a3);
+        }
+      }
+      s[t] = hn::GetLane(hn::SumOfLanes(df, a0)) * scale;
+      if (R > 1) s[nb + t] = hn::GetLane(hn::SumOfLanes(df, a1)) * scale;
+      if (R > 2) s[2 * nb + t] = hn::GetLane(hn::SumOfLanes(df, a2)) * scale;
+      if (R > 3) s[3 * nb + t] = hn::GetLane(hn::SumOfLanes(df, a3)) * scale;
+    }
+    // Online softmax per row; probabilities folded with the value groups' scale and min.
+    float corr[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+    for (std::size_t r = 0; r < R; ++r) {
+      float* sr = s + r * nb;
+      const std::size_t v = vis[r0 + r];
+      if (v > 0) {
+        float* p = part[r0 + r];
+        float bmax = sr[0];
+        for (std::size_t t = 1; t < v; ++t) bmax = std::max(bmax, sr[t]);
+        const float m_new = std::max(p[0], bmax);
+        corr[r] = std::exp(p[0] - m_new);  // 0 when the max was -inf
+        const float psum = ExpSumImpl(sr, v, m_new);
+        p[1] = p[1] * corr[r] + psum;
+        p[0] = m_new;
+      }
+      for (std::size_t t = v; t < maxvis; ++t) sr[t] = 0.0f;
+      for (std::size_t g = 0; g < ng; ++g) {
+        float ms = 0.0f;
+        float* w = pw + (r * ng + g) * nb;
+        for (std::size_t t = 0; t < maxvis; ++t) {
+          w[t] = sr[t] * b.vscale[t * ng + g];
+          ms += sr[t] * b.vmin[t * ng + g];
+        }
+        msum[r * ng + g] = ms;
+      }
+    }
+    // Values: one channel vector at a time over the block's tokens, rows in registers.
+    float* acc0 = part[r0] + 2;
+    float* acc1 = part[r0 + std::min<std::size_t>(1, R - 1)] + 2;
+    float* acc2 = part[r0 + std::min<std::size_t>(2, R - 1)] + 2;
+    float* acc3 = part[r0 + std::min<std::size_t>(3, R - 1)] + 2;
+    for (std::size_t c = 0; c < D; c += N) {
+      const std::size_t g = c / G;
+      const float* w0 = pw + g * nb;
+      const float* w1 = pw + (ng + g) * nb;
+      const float* w2 = pw + (2 * ng + g) * nb;
+      const float* w3 = pw + (3 * ng + g) * nb;
+      auto a0 = hn::Mul(hn::LoadU(df, acc0 + c), hn::Set(df, corr[0]));
+      auto a1 = R > 1 ? hn::Mul(hn::LoadU(df, acc1 + c), hn::Set(df, corr[1])) : hn::Zero(df);
+      auto a2 = R > 2 ? hn::Mul(hn::LoadU(df, acc2 + c), hn::Set(df, corr[2])) : hn::Zero(df);
+      auto a3 = R > 3 ? hn::Mul(hn::LoadU(df, acc3 + c), hn::Set(df, corr[3])) : hn::Zero(df);
+      for (std::size_t t = 0; t < maxvis; ++t) {
+        const auto code = ReadCodes(df, b.vcodes + t * vrb, c, b.vbits, bc_v, shv, mv, iv);
+        a0 = hn::MulAdd(hn::Set(df, w0[t]), code, a0);
+        if (R > 1) a1 = hn::MulAdd(hn::Set(df, w1[t]), code, a1);
+        if (R > 2) a2 = hn::MulAdd(hn::Set(df, w2[t]), code, a2);
+        if (R > 3) a3 = hn::MulAdd(hn::Set(df, w3[t]), code, a3);
+      }
+      hn::StoreU(hn::Add(a0, hn::Set(df, msum[g])), df, acc0 + c);
+      if (R > 1) hn::StoreU(hn::Add(a1, hn::Set(df, msum[ng + g])), df, acc1 + c);
+      if (R > 2) hn::StoreU(hn::Add(a2, hn::Set(df, msum[2 * ng + g])), df, acc2 + c);
+      if (R > 3) hn::StoreU(hn::Add(a3, hn::Set(df, msum[3 * ng + g])), df, acc3 + c);
+    }
+  }
+  return true;
 }
 
 void AccumulateImpl(float* acc, float corr, const float* p, const float* v, std::size_t nb,
@@ -267,6 +441,68 @@ HWY_EXPORT(RopeRowsImpl);
 HWY_EXPORT(GemmAccImpl);
 HWY_EXPORT(F16ToF32Impl);
 HWY_EXPORT(UnpackImpl);
+HWY_EXPORT(FusedBlockImpl);
+
+std::size_t fused_work_floats(std::size_t nb, std::size_t d, std::size_t G) {
+  const std::size_t ng = d / G;
+  return 4 * nb + 4 * ng * nb + 4 * ng + d;
+}
+
+bool fused_block(const FusedBlock& b, const float* const* q, const std::size_t* vis,
+                 std::size_t rows, float scale, float* const* part, float* work) {
+  return HWY_DYNAMIC_DISPATCH(FusedBlockImpl)(b, q, vis, rows, scale, part, work);
+}
+
+void fused_block_reference(const FusedBlock& b, const float* const* q, const std::size_t* vis,
+                           std::size_t rows, float scale, float* const* part) {
+  const std::size_t D = b.d, ng = D / b.G;
+  const auto code = [](const uint8_t* row, std::size_t c, int bits) {
+    const std::size_t bit = c * std::size_t(bits);
+    return float((row[bit / 8] >> (bit % 8)) & ((1u << bits) - 1u));
+  };
+  std::vector<float> k(b.nb * D), v(b.nb * D), s(b.nb);
+  for (std::size_t t = 0; t < b.nb; ++t) {
+    float* kt = k.data() + t * D;
+    for (std::size_t c = 0; c < D; ++c) {
+      kt[c] =
+          code(b.kcodes + t * D * std::size_t(b.kbits) / 8, c, b.kbits) * b.kscale[c] + b.kmin[c];
+      v[t * D + c] = code(b.vcodes + t * D * std::size_t(b.vbits) / 8, c, b.vbits) *
+                         b.vscale[t * ng + c / b.G] +
+                     b.vmin[t * ng + c / b.G];
+    }
+    if (b.rope_c) {
+      // x' = x * C + partner(x) * S (RopeTable's expanded rows).
+      const float* C = b.rope_c + t * D;
+      const float* S = b.rope_s + t * D;
+      const std::vector<float> x(kt, kt + D);
+      for (std::size_t c = 0; c < D; ++c) {
+        const std::size_t partner = b.neox ? (c < D / 2 ? c + D / 2 : c - D / 2) : (c ^ 1u);
+        kt[c] = x[c] * C[c] + x[partner] * S[c];
+      }
+    }
+  }
+  for (std::size_t r = 0; r < rows; ++r) {
+    if (vis[r] == 0) continue;
+    float* p = part[r];
+    float bmax = -std::numeric_limits<float>::infinity();
+    for (std::size_t t = 0; t < vis[r]; ++t) {
+      float dot = 0.0f;
+      for (std::size_t c = 0; c < D; ++c) dot += q[r][c] * k[t * D + c];
+      s[t] = dot * scale;
+      bmax = std::max(bmax, s[t]);
+    }
+    const float m_new = std::max(p[0], bmax), corr = std::exp(p[0] - m_new);
+    float psum = 0.0f;
+    for (std::size_t c = 0; c < D; ++c) p[2 + c] *= corr;
+    for (std::size_t t = 0; t < vis[r]; ++t) {
+      const float e = std::exp(s[t] - m_new);
+      psum += e;
+      for (std::size_t c = 0; c < D; ++c) p[2 + c] += e * v[t * D + c];
+    }
+    p[1] = p[1] * corr + psum;
+    p[0] = m_new;
+  }
+}
 
 void unpack_f32(const uint8_t* packed, std::size_t n, int bits, float* out) {
   HWY_DYNAMIC_DISPATCH(UnpackImpl)(packed, n, bits, out);

@@ -29,6 +29,34 @@ void gemm_acc(const float* E, std::size_t n, std::size_t g, const float* W, std:
 // out[i] = half_to_float(in[i]).
 void f16_to_f32(const uint16_t* in, std::size_t n, float* out);
 
+// One block of a KIVI/SQuat cache whose keys (per-channel groups) and values (per-token groups)
+// are all quantized: the fused decode kernel unpacks, dequantizes, rotates (pre-RoPE keys) and
+// attends in registers, without writing the block out as floats.
+struct FusedBlock {
+  const uint8_t* kcodes = nullptr;  // nb token rows of d codes at kbits; readable 64 bytes past
+  const float* kscale = nullptr;    // d: the block's per-channel key scale and min
+  const float* kmin = nullptr;
+  const float* rope_c = nullptr;  // nb expanded RoPE rows (RopeTable) or null (post-RoPE keys)
+  const float* rope_s = nullptr;
+  bool neox = false;
+  const uint8_t* vcodes = nullptr;  // nb token rows of d codes at vbits; readable 64 bytes past
+  const float* vscale = nullptr;    // nb x d/G value group scale and min
+  const float* vmin = nullptr;
+  int kbits = 2, vbits = 2;
+  std::size_t G = 32, nb = 0, d = 0;
+};
+// Scratch floats fused_block needs.
+std::size_t fused_work_floats(std::size_t nb, std::size_t d, std::size_t G);
+// Online-softmax update of `rows` query rows over the block: q[r] is a query (d floats, rotated),
+// vis[r] (<= nb) the block tokens it sees (0: untouched), part[r] = (max, sum, acc[d]) as in
+// the store. Returns false (doing nothing) when the shape does not suit the vector width.
+bool fused_block(const FusedBlock& b, const float* const* q, const std::size_t* vis,
+                 std::size_t rows, float scale, float* const* part, float* work);
+
+// Scalar reference of fused_block (same contract, no shape restriction).
+void fused_block_reference(const FusedBlock& b, const float* const* q, const std::size_t* vis,
+                           std::size_t rows, float scale, float* const* part);
+
 // out[i] = float(code i) of n codes packed at `bits` bits (kv_quant.h packing convention).
 void unpack_f32(const uint8_t* packed, std::size_t n, int bits, float* out);
 

@@ -505,14 +505,30 @@ namespace {
 // Per-thread attention scratch: token blocks of keys/values as floats, logits, dequantization
 // parameters, and (on the calling thread) the partials of all tasks.
 struct AttnScratch {
-  std::vector<float> kb, vb, s, tmp, part;
+  std::vector<float> kb, vb, s, tmp, part, params, work;
+  std::vector<uint8_t> kpad, vpad;
+  std::vector<const float*> qptr;
+  std::vector<float*> pptr;
+  std::vector<std::size_t> vis;
 };
 AttnScratch& attn_scratch() {
   thread_local AttnScratch scratch;
   return scratch;
 }
-void grow(std::vector<float>& v, std::size_t n) {
+template <typename T>
+void grow(std::vector<T>& v, std::size_t n) {
   if (v.size() < n) v.resize(n);
+}
+
+// Codes of a block for the fused kernel, which may read up to 64 bytes past them: straight
+// from the store when that stays inside it, else through a zero-padded copy.
+const uint8_t* padded_codes(const std::vector<uint8_t>& codes, std::size_t offset,
+                            std::size_t bytes, std::vector<uint8_t>& pad) {
+  if (offset + bytes + 64 <= codes.size()) return codes.data() + offset;
+  grow(pad, bytes + 64);
+  std::memcpy(pad.data(), codes.data() + offset, bytes);
+  std::memset(pad.data() + bytes, 0, 64);
+  return pad.data();
 }
 
 constexpr std::size_t kSplitTokens = 128;    // shortest token range of a task
@@ -566,8 +582,65 @@ void LayerCache::Impl::attend_range(int h, const float* q, std::size_t n_q, int 
   float* kb = sc.kb.data();
   float* vb = sc.vb.data();
   float* s = sc.s.data();
+  // Fused kernel (KIVI/SQuat blocks whose keys and values are all quantized).
+  const bool fusable = kivi_like && key_layout == GroupLayout::PerChannel &&
+                       Dd * std::size_t(kbits) % 8 == 0 && Dd * std::size_t(vbits) % 8 == 0 &&
+                       std::size_t(G) * std::size_t(vbits) % 8 == 0;
+  const std::size_t n_both = std::min(n_kq, n_vq), ng = Dd / std::size_t(G);
+  const std::size_t krb = Dd * std::size_t(kbits) / 8, vrb = Dd * std::size_t(vbits) / 8;
+  if (fusable) {
+    grow(sc.qptr, rows);
+    grow(sc.pptr, rows);
+    grow(sc.vis, rows);
+    grow(sc.params, 2 * Dd + 2 * B * ng);
+    grow(sc.work, simd::fused_work_floats(B, Dd, std::size_t(G)));
+    grow(sc.kpad, B * krb + 64);  // sized for a whole block now: no allocation later
+    grow(sc.vpad, B * vrb + 64);
+    for (std::size_t i = 0; i < n_q; ++i) {
+      for (int r = 0; r < n_rep; ++r) {
+        const std::size_t row = i * std::size_t(n_rep) + std::size_t(r);
+        sc.qptr[row] = q + (i * std::size_t(n_heads) + std::size_t(h * n_rep + r)) * Dd;
+        sc.pptr[row] = part + row * stride;
+      }
+    }
+  }
+  const HeadStore& hs = heads[std::size_t(h)];
   for (std::size_t b0 = t0; b0 < t1; b0 += B) {
     const std::size_t nb = std::min(B, t1 - b0);
+    if (fusable && b0 + nb <= n_both && b0 % std::size_t(G) == 0) {
+      simd::FusedBlock fb;
+      fb.kcodes = padded_codes(hs.kq.codes, b0 * krb, nb * krb, sc.kpad);
+      fb.vcodes = padded_codes(hs.vq.codes, b0 * vrb, nb * vrb, sc.vpad);
+      float* prm = sc.params.data();
+      hs.kq.scale.get(b0 / std::size_t(G) * Dd, Dd, prm);
+      hs.kq.min.get(b0 / std::size_t(G) * Dd, Dd, prm + Dd);
+      hs.vq.scale.get(b0 * ng, nb * ng, prm + 2 * Dd);
+      hs.vq.min.get(b0 * ng, nb * ng, prm + 2 * Dd + nb * ng);
+      fb.kscale = prm;
+      fb.kmin = prm + Dd;
+      fb.vscale = prm + 2 * Dd;
+      fb.vmin = prm + 2 * Dd + nb * ng;
+      if (pre) {
+        fb.rope_c = rope->c_row(b0);
+        fb.rope_s = rope->s_row(b0);
+        fb.neox = neox;
+      }
+      fb.kbits = kbits;
+      fb.vbits = vbits;
+      fb.G = std::size_t(G);
+      fb.nb = nb;
+      fb.d = Dd;
+      for (std::size_t i = 0; i < n_q; ++i) {
+        const long long v =
+            std::clamp<long long>((long long)q_pos[i] - (long long)b0 + 1, 0, (long long)nb);
+        for (int r = 0; r < n_rep; ++r)
+          sc.vis[i * std::size_t(n_rep) + std::size_t(r)] = std::size_t(v);
+      }
+      if (simd::fused_block(fb, sc.qptr.data(), sc.vis.data(), rows, scale, sc.pptr.data(),
+                            sc.work.data())) {
+        continue;
+      }
+    }
     load_keys(h, b0, nb, kb, sc.tmp.data());
     if (pre) simd::rope_rows(kb, nb, Dd, rope->c_row(b0), rope->s_row(b0), neox);
     load_values(h, b0, nb, vb, sc.tmp.data());
