@@ -317,17 +317,20 @@ TEST_F(CacheMethods, OptionsChangeTheStoredCacheOrTheSubspace) {
     EXPECT_NE(contents(*run(squat_post), 0, 0).first, k0);
   }
   // Query side of RoPE, power method, subspace dimension, block size: another subspace (and
-  // other key codes), same byte count.
-  kv::CacheConfig before = base, power = base, r5 = base, g16 = base;
+  // other key codes), same byte count. Per-token key groups: other key codes, same bytes.
+  kv::CacheConfig before = base, power = base, r5 = base, g16 = base, per_token = base;
   before.query_rope = kv::QueryRope::Before;
   power.power_method = true;
   r5.subspace_dim = 5;
   g16.quant_group_size = 16;
-  for (const kv::CacheConfig& c : {before, power, r5, g16}) {
+  per_token.key_quant = kv::GroupLayout::PerToken;  // same subspace, other key groups
+  for (const kv::CacheConfig& c : {before, power, r5, g16, per_token}) {
     auto ctx = run(c);
     const auto& states = store(*ctx).store().layer(0).states();
     ASSERT_EQ(states.size(), states0.size());
-    EXPECT_FALSE(states[0] == states0[0]) << c.describe();
+    if (c.key_quant == base.key_quant) {
+      EXPECT_FALSE(states[0] == states0[0]) << c.describe();
+    }
     EXPECT_NE(contents(*ctx, 0, 0).first, k0) << c.describe();
     EXPECT_EQ(store(*ctx).bytes(), store(*reference).bytes()) << c.describe();
   }
