@@ -728,10 +728,13 @@ void LayerCache::attend(const float* q, std::size_t n_q, int n_heads, const int*
   std::atomic<bool> failed{false};
   const auto run = [&](std::size_t begin, std::size_t end, int) {
     for (std::size_t task = begin; task < end; ++task) {
-      const int h = int(task / n_split);
-      const std::size_t t0 = (task % n_split) * span, t1 = std::min(limit, t0 + span);
+      // Token-range-major order: a thread runs the KV heads of one range back to back, so the
+      // range's RoPE table rows are read from cache again. Partials are stored head-major.
+      const std::size_t h = task % std::size_t(m.n_kv), j = task / std::size_t(m.n_kv);
+      const std::size_t t0 = j * span, t1 = std::min(limit, t0 + span);
       try {
-        m.attend_range(h, q, n_q, n_heads, q_pos, t0, t1, part + task * task_floats);
+        m.attend_range(int(h), q, n_q, n_heads, q_pos, t0, t1,
+                       part + (h * n_split + j) * task_floats);
       } catch (...) {  // only a failed first sizing of a worker's scratch (bad_alloc)
         failed.store(true);
       }
