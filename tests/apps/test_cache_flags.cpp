@@ -262,6 +262,8 @@ TEST_F(CacheFlags, BadValuesAndCombinationsAreRefused) {
       {"--kv squat --lambda nan", "lambda"},
       {"--kv kivi --key-quant per-row", "--key-quant"},
       {"--kv kivi --key-rope middle", "--key-rope"},
+      {"--kv kivi --hadamard=bogus", "--hadamard"},
+      {"--kv squat --power-method=maybe", "--power-method"},
       {"--kv squat --query-rope sideways", "--query-rope"},
       {"--kv f16 --k-bits 4", "--k-bits does not apply to --kv f16"},
       {"--kv int8 --residual-length 64", "--residual-length does not apply"},
