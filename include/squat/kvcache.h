@@ -89,13 +89,17 @@ class RopeTable {
   const RopeSpec& spec() const { return spec_; }
   const float* c_row(std::size_t pos) const { return c_.data() + pos * std::size_t(2 * half_); }
   const float* s_row(std::size_t pos) const { return s_.data() + pos * std::size_t(2 * half_); }
+  // Compact row (head_dim floats, half the bytes of c_row + s_row, for streaming kernels):
+  // Normal layout: cos and sin of pair i at 2i and 2i+1; NeoX: cos of pair i at i, sin at
+  // head_dim/2 + i.
+  const float* cs_row(std::size_t pos) const { return cs_.data() + pos * std::size_t(2 * half_); }
   void rotate(float* x, std::size_t pos) const;  // same result as rope_rotate up to rounding
 
  private:
   RopeSpec spec_;
   int half_ = 0;
   std::size_t n_ = 0;
-  std::vector<float> c_, s_;
+  std::vector<float> c_, s_, cs_;
 };
 
 // In-place normalized Walsh-Hadamard transform (n a power of two); its own inverse.

@@ -95,10 +95,14 @@ HWY_INLINE hn::Vec<DF> ReadCodes(DF df, const uint8_t* HWY_RESTRICT row, std::si
 
 bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_t* vis,
                     std::size_t rows, float scale, float* const* part, float* work) {
+#if HWY_TARGET == HWY_SCALAR
+  (void)b, (void)q, (void)vis, (void)rows, (void)scale, (void)part, (void)work;
+  return false;  // one lane: the store's block path is as good
+#else
   const hn::ScalableTag<float> df;
   const hn::RebindToUnsigned<decltype(df)> du;
   const std::size_t N = hn::Lanes(df), D = b.d, nb = b.nb, G = b.G;
-  if (N < 4 || D % N != 0 || G % N != 0 || (b.rope_c && b.neox && (D / 2) % N != 0)) {
+  if (N < 4 || D % N != 0 || G % N != 0 || (b.rope_cs && b.neox && (D / 2) % N != 0)) {
     return false;
   }
   const std::size_t ng = D / G, half = D / 2;
@@ -134,19 +138,19 @@ bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_
     for (std::size_t t = 0; t < maxvis; ++t) {
       const uint8_t* krow = b.kcodes + t * krb;
       auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
-      if (b.rope_c && b.neox) {
+      if (b.rope_cs && b.neox) {
         for (std::size_t c = 0; c < D; c += N) {
           const auto k = hn::MulAdd(ReadCodes(df, krow, c, b.kbits, bc_k, shk, mk, ik),
                                     hn::LoadU(df, b.kscale + c), hn::LoadU(df, b.kmin + c));
           hn::StoreU(k, df, kbuf + c);
         }
-        const float* C = b.rope_c + t * D;
-        const float* S = b.rope_s + t * D;
+        // Compact NeoX row: cos of pair i at i, sin at half + i.
+        const float* CS = b.rope_cs + t * D;
         for (std::size_t i = 0; i < half; i += N) {
           const auto x = hn::LoadU(df, kbuf + i), y = hn::LoadU(df, kbuf + half + i);
-          const auto kx = hn::MulAdd(x, hn::LoadU(df, C + i), hn::Mul(y, hn::LoadU(df, S + i)));
-          const auto ky =
-              hn::MulAdd(y, hn::LoadU(df, C + half + i), hn::Mul(x, hn::LoadU(df, S + half + i)));
+          const auto cv = hn::LoadU(df, CS + i), sv = hn::LoadU(df, CS + half + i);
+          const auto kx = hn::NegMulAdd(y, sv, hn::Mul(x, cv));
+          const auto ky = hn::MulAdd(x, sv, hn::Mul(y, cv));
           a0 = hn::MulAdd(hn::LoadU(df, q0 + i), kx, a0);
           a0 = hn::MulAdd(hn::LoadU(df, q0 + half + i), ky, a0);
           if (R > 1) {
@@ -163,14 +167,17 @@ bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_
           }
         }
       } else {
-        const float* C = b.rope_c ? b.rope_c + t * D : nullptr;
-        const float* S = b.rope_c ? b.rope_s + t * D : nullptr;
+        // Compact Normal row: (cos, sin) of pair i at 2i, 2i+1; the rotation is
+        // k * (c, c) + Reverse2(k) * (-s, s).
+        const float* CS = b.rope_cs ? b.rope_cs + t * D : nullptr;
         for (std::size_t c = 0; c < D; c += N) {
           auto k = hn::MulAdd(ReadCodes(df, krow, c, b.kbits, bc_k, shk, mk, ik),
                               hn::LoadU(df, b.kscale + c), hn::LoadU(df, b.kmin + c));
-          if (C) {
-            k = hn::MulAdd(k, hn::LoadU(df, C + c),
-                           hn::Mul(hn::Reverse2(df, k), hn::LoadU(df, S + c)));
+          if (CS) {
+            const auto row = hn::LoadU(df, CS + c);
+            const auto sd = hn::DupOdd(row);
+            k = hn::MulAdd(k, hn::DupEven(row),
+                           hn::Mul(hn::Reverse2(df, k), hn::OddEven(sd, hn::Neg(sd))));
           }
           a0 = hn::MulAdd(hn::LoadU(df, q0 + c), k, a0);
           if (R > 1) a1 = hn::MulAdd(hn::LoadU(df, q1 + c), k, a1);
@@ -238,6 +245,7 @@ bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_
     }
   }
   return true;
+#endif
 }
 
 void AccumulateImpl(float* acc, float corr, const float* p, const float* v, std::size_t nb,
@@ -470,14 +478,17 @@ void fused_block_reference(const FusedBlock& b, const float* const* q, const std
                          b.vscale[t * ng + c / b.G] +
                      b.vmin[t * ng + c / b.G];
     }
-    if (b.rope_c) {
-      // x' = x * C + partner(x) * S (RopeTable's expanded rows).
-      const float* C = b.rope_c + t * D;
-      const float* S = b.rope_s + t * D;
-      const std::vector<float> x(kt, kt + D);
-      for (std::size_t c = 0; c < D; ++c) {
-        const std::size_t partner = b.neox ? (c < D / 2 ? c + D / 2 : c - D / 2) : (c ^ 1u);
-        kt[c] = x[c] * C[c] + x[partner] * S[c];
+    if (b.rope_cs) {
+      // Pair i = (a, b) rotated by its angle: a' = a cos - b sin, b' = a sin + b cos
+      // (compact rows: RopeTable::cs_row).
+      const float* CS = b.rope_cs + t * D;
+      const std::size_t h = D / 2;
+      for (std::size_t i = 0; i < h; ++i) {
+        const std::size_t ia = b.neox ? i : 2 * i, ib = b.neox ? i + h : 2 * i + 1;
+        const float cv = b.neox ? CS[i] : CS[2 * i], sv = b.neox ? CS[h + i] : CS[2 * i + 1];
+        const float xa = kt[ia], xb = kt[ib];
+        kt[ia] = xa * cv - xb * sv;
+        kt[ib] = xa * sv + xb * cv;
       }
     }
   }

@@ -33,9 +33,11 @@ void RopeTable::ensure(std::size_t n_positions) {
   const std::size_t cap = std::max(n_positions, n_ * 2), D = std::size_t(2 * half_);
   c_.resize(cap * D);
   s_.resize(cap * D);
+  cs_.resize(cap * D);
   for (std::size_t p = n_; p < cap; ++p) {
     float* c = c_.data() + p * D;
     float* s = s_.data() + p * D;
+    float* cs = cs_.data() + p * D;
     for (int i = 0; i < half_; ++i) {
       const float angle = float(p) * spec_.inv_freq[std::size_t(i)];
       const float cv = std::cos(angle), sv = std::sin(angle);
@@ -45,6 +47,9 @@ void RopeTable::ensure(std::size_t n_positions) {
       c[a] = c[b] = cv;
       s[a] = -sv;
       s[b] = sv;
+      const bool normal = spec_.layout == RopeLayout::Normal;
+      cs[normal ? 2 * std::size_t(i) : std::size_t(i)] = cv;
+      cs[normal ? 2 * std::size_t(i) + 1 : std::size_t(half_ + i)] = sv;
     }
   }
   n_ = cap;

@@ -36,8 +36,7 @@ struct FusedBlock {
   const uint8_t* kcodes = nullptr;  // nb token rows of d codes at kbits; readable 64 bytes past
   const float* kscale = nullptr;    // d: the block's per-channel key scale and min
   const float* kmin = nullptr;
-  const float* rope_c = nullptr;  // nb expanded RoPE rows (RopeTable) or null (post-RoPE keys)
-  const float* rope_s = nullptr;
+  const float* rope_cs = nullptr;  // nb compact RoPE rows (RopeTable::cs_row) or null (post-RoPE)
   bool neox = false;
   const uint8_t* vcodes = nullptr;  // nb token rows of d codes at vbits; readable 64 bytes past
   const float* vscale = nullptr;    // nb x d/G value group scale and min

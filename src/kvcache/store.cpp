@@ -621,8 +621,7 @@ void LayerCache::Impl::attend_range(int h, const float* q, std::size_t n_q, int 
       fb.vscale = prm + 2 * Dd;
       fb.vmin = prm + 2 * Dd + nb * ng;
       if (pre) {
-        fb.rope_c = rope->c_row(b0);
-        fb.rope_s = rope->s_row(b0);
+        fb.rope_cs = rope->cs_row(b0);
         fb.neox = neox;
       }
       fb.kbits = kbits;

@@ -573,8 +573,7 @@ TEST(KvAttention, FusedBlockKernelMatchesScalarReference) {
               b.vscale = vs.data();
               b.vmin = vm.data();
               if (rope_kind > 0) {
-                b.rope_c = table.c_row(p0);
-                b.rope_s = table.s_row(p0);
+                b.rope_cs = table.cs_row(p0);
                 b.neox = rope_kind == 2;
               }
               b.kbits = kbits;
