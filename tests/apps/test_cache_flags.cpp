@@ -6,6 +6,7 @@
 // from the library: codes bit-packed, an fp16 scale and minimum per group, fp16 residual.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -28,8 +29,11 @@ struct Result {
   std::string err;  // stderr
 };
 
+// Per process: ctest may run the cases of this file in parallel.
 std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("squat_cache_flags_" + name)).string();
+  return (std::filesystem::temp_directory_path() /
+          ("squat_cache_flags_" + std::to_string(getpid()) + "_" + name))
+      .string();
 }
 
 std::string read_file(const std::string& path) {

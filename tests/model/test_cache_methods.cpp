@@ -7,6 +7,7 @@
 //    KIVI exactly, the defaults do not; Hadamard, key RoPE side, query RoPE side, power method,
 //    subspace dimension and block size each change the stored keys/values or the subspace.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -126,7 +127,9 @@ class CacheMethods : public ::testing::Test {
     return p;
   }
   static std::string temp_path(const std::string& name) {
-    return (std::filesystem::temp_directory_path() / ("squat_cache_methods_" + name)).string();
+    return (std::filesystem::temp_directory_path() /
+            ("squat_cache_methods_" + std::to_string(getpid()) + "_" + name))
+        .string();
   }
 
   static Model* model_;
