@@ -51,9 +51,11 @@ test-release: build model
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 # Unit tests again under AddressSanitizer and UndefinedBehaviorSanitizer (the heavy end-to-end
-# tests run only in the release build above).
+# tests run only in the release build above). Warnings stay on but are not errors here: GCC 12
+# reports false positives in sanitizer-instrumented std::regex code; the release build keeps
+# -Werror.
 test-sanitize: deps model
-	cmake -S . -B $(BUILD_ASAN) $(CMAKE_FLAGS) -DSQUAT_SANITIZE=ON -DSQUAT_BENCH=OFF
+	cmake -S . -B $(BUILD_ASAN) $(CMAKE_FLAGS) -DSQUAT_SANITIZE=ON -DSQUAT_BENCH=OFF -DSQUAT_WERROR=OFF
 	cmake --build $(BUILD_ASAN) -j $(JOBS)
 	cd $(BUILD_ASAN) && ctest --output-on-failure -j $(JOBS) -LE slow
 
