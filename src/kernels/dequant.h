@@ -16,4 +16,9 @@ void dequantize_row(gguf::TensorType type, const void* src, float* dst, std::siz
 // True when dequantize_row (and so matvec/matmul) handles `type`.
 bool dequant_supported(gguf::TensorType type);
 
+// True when every scale, minimum and plain element of n elements (a multiple of the block size)
+// is finite. Reads only the fp16 block scales of quantized types (their codes are integers),
+// so a whole model is checked at load at the cost of paging it in.
+bool weights_finite(gguf::TensorType type, const void* src, std::size_t n);
+
 }  // namespace squat::kernels

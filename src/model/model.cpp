@@ -79,6 +79,9 @@ kernels::WeightView Model::matrix(const std::string& name, std::size_t rows,
     fail("{}: tensor '{}' has shape [{}], expected [{}, {}]", file_.path(), name, shape, cols,
          rows);
   }
+  if (!kernels::weights_finite(t.type, t.data, t.n_elements)) {
+    fail("{}: tensor '{}' holds NaN or Inf values", file_.path(), name);
+  }
   return kernels::WeightView{t.type, t.data, rows, cols, gguf::row_bytes(t.type, cols)};
 }
 

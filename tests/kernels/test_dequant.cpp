@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "core/error.h"
@@ -220,6 +221,41 @@ TEST(Dequant, UnsupportedTypeThrows) {
   std::vector<float> y(256);
   EXPECT_FALSE(dequant_supported(TensorType::Q2_K));
   EXPECT_THROW(dequantize_row(TensorType::Q2_K, b.data(), y.data(), 256), Error);
+}
+
+}  // namespace
+}  // namespace squat::kernels
+
+namespace squat::kernels {
+namespace {
+
+// Blocks built by hand: a finite block, then the same block with one fp16 field set to NaN
+// (0x7e00) or Inf (0x7c00) at the offset the format gives it.
+TEST(WeightsFinite, FindsNanOrInfInScalesAndElements) {
+  using gguf::TensorType;
+  struct Case {
+    TensorType type;
+    std::size_t bytes, field;
+  };
+  for (const Case c :
+       {Case{TensorType::Q4_0, 18, 0}, Case{TensorType::Q4_1, 20, 2}, Case{TensorType::Q8_0, 34, 0},
+        Case{TensorType::Q4_K, 144, 2}, Case{TensorType::Q6_K, 210, 208}}) {
+    std::vector<uint8_t> block(2 * c.bytes, 0);  // two blocks of zeros: scales 0.0
+    const std::size_t n = 2 * gguf::traits(c.type).block_size;
+    EXPECT_TRUE(weights_finite(c.type, block.data(), n)) << gguf::traits(c.type).name;
+    for (uint16_t bad : {uint16_t(0x7e00), uint16_t(0x7c00)}) {
+      std::vector<uint8_t> broken = block;
+      std::memcpy(&broken[c.bytes + c.field], &bad, 2);  // in the second block
+      EXPECT_FALSE(weights_finite(c.type, broken.data(), n)) << gguf::traits(c.type).name;
+    }
+  }
+  std::vector<float> plain{1.0f, -2.0f, 3.5f};
+  EXPECT_TRUE(weights_finite(TensorType::F32, plain.data(), 3));
+  plain[1] = std::numeric_limits<float>::infinity();
+  EXPECT_FALSE(weights_finite(TensorType::F32, plain.data(), 3));
+  const std::vector<uint16_t> halves{0x3c00, 0xfc00};
+  EXPECT_TRUE(weights_finite(TensorType::F16, halves.data(), 1));
+  EXPECT_FALSE(weights_finite(TensorType::F16, halves.data(), 2));
 }
 
 }  // namespace
