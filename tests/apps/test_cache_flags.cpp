@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "run_shell.h"
 #include "squat/kv_quant.h"
 
 namespace {
@@ -45,15 +46,9 @@ std::string read_file(const std::string& path) {
 
 Result squat(const std::string& args) {
   const std::string err_path = temp_path("stderr.txt");
-  const std::string command = std::string(SQUAT_BINARY_DIR) + "/squat " + args + " 2>" + err_path;
-  Result result;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (!pipe) return result;
-  char buffer[4096];
-  while (std::size_t got = fread(buffer, 1, sizeof buffer, pipe)) result.out.append(buffer, got);
-  const int raw = pclose(pipe);
-  result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
-  result.err = read_file(err_path);
+  const squat::testing::ShellResult run = squat::testing::run_shell(
+      std::string(SQUAT_BINARY_DIR) + "/squat " + args + " 2>" + err_path);
+  Result result{run.status, run.output, read_file(err_path)};
   std::filesystem::remove(err_path);
   return result;
 }

@@ -10,24 +10,12 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "run_shell.h"
+
 namespace {
 
-struct Result {
-  int status = -1;
-  std::string output;
-};
-
-Result run_squat(const std::string& args) {
-  const std::string command = std::string(SQUAT_BINARY_DIR) + "/squat " + args + " 2>&1";
-  Result result;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (!pipe) return result;
-  char buffer[4096];
-  while (std::size_t got = fread(buffer, 1, sizeof buffer, pipe)) result.output.append(buffer, got);
-  const int raw = pclose(pipe);
-  result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
-  return result;
-}
+using squat::testing::run_squat;
+using Result = squat::testing::ShellResult;
 
 std::string temp_path(const std::string& name) {
   return (std::filesystem::temp_directory_path() / ("squat_quality_" + name)).string();
