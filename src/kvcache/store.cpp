@@ -43,7 +43,9 @@ CacheMethod parse_method(const std::string& s) {
   fail_usage("unknown KV cache method '{}' (expected f32, f16, int8, int4, kivi or squat)", s);
 }
 
-int CacheConfig::key_bits() const {
+namespace {
+// Bits per element the method fixes, or `chosen` (k_bits / v_bits) for kivi and squat.
+int method_bits(CacheMethod method, int chosen) {
   switch (method) {
     case CacheMethod::F32:
       return 32;
@@ -54,23 +56,13 @@ int CacheConfig::key_bits() const {
     case CacheMethod::Int4:
       return 4;
     default:
-      return k_bits;
+      return chosen;
   }
 }
-int CacheConfig::value_bits() const {
-  switch (method) {
-    case CacheMethod::F32:
-      return 32;
-    case CacheMethod::F16:
-      return 16;
-    case CacheMethod::Int8:
-      return 8;
-    case CacheMethod::Int4:
-      return 4;
-    default:
-      return v_bits;
-  }
-}
+}  // namespace
+
+int CacheConfig::key_bits() const { return method_bits(method, k_bits); }
+int CacheConfig::value_bits() const { return method_bits(method, v_bits); }
 int CacheConfig::window() const {
   return (method == CacheMethod::Kivi || method == CacheMethod::Squat) ? residual_length : 0;
 }
