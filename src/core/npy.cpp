@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "core/files.h"
 #include "core/fp16.h"
 
 namespace squat::npy {
@@ -195,20 +196,8 @@ std::vector<unsigned char> encode_f16(const unsigned short* data,
 
 void write_f32(const std::string& path, const float* data, const std::vector<std::size_t>& shape) {
   const std::vector<unsigned char> bytes = encode_f32(data, shape);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (f) f.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
-    if (!f) {
-      f.close();
-      std::remove(tmp.c_str());
-      fail("cannot write {}", path);
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    fail("cannot write {}", path);
-  }
+  write_file_atomically(
+      path, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
 }
 
 }  // namespace squat::npy
