@@ -1,6 +1,7 @@
 #include "core/thread_pool.h"
 
 #include <algorithm>
+#include <exception>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -17,6 +18,19 @@ namespace {
 // yield or sleep.
 constexpr int kSpinIterations = 4000;
 constexpr int kPausesBeforeYield = 256;
+
+// The pool whose job this thread is running and its index there: a dispatch from inside a job
+// of the same pool runs inline instead of overwriting the job the other threads are running.
+thread_local const ThreadPool* t_pool = nullptr;
+thread_local int t_index = 0;
+
+void relax(int spin) {
+  if (spin < kPausesBeforeYield) {
+    SQUAT_CPU_RELAX();
+  } else {
+    std::this_thread::yield();
+  }
+}
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
@@ -24,31 +38,33 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
 }
 
 ThreadPool::~ThreadPool() {
+  stop_.store(true);
+  generation_.fetch_add(1);
   {
+    // Taken so that a worker between announcing its sleep and waiting cannot miss the wake.
     std::lock_guard<std::mutex> lock(mutex_);
-    stop_.store(true);
-    generation_.fetch_add(1);
   }
   wake_.notify_all();
   for (auto& worker : workers_) worker.join();
 }
 
 void ThreadPool::worker_loop(int index) {
+  t_pool = this;
+  t_index = index;
   uint64_t seen = 0;
   for (;;) {
     uint64_t current = generation_.load(std::memory_order_acquire);
     for (int spin = 0; current == seen && spin < kSpinIterations; ++spin) {
-      if (spin < kPausesBeforeYield) {
-        SQUAT_CPU_RELAX();
-      } else {
-        std::this_thread::yield();
-      }
+      relax(spin);
       current = generation_.load(std::memory_order_acquire);
     }
     if (current == seen) {
+      // sleeping_ is raised before the generation is read again (both sequentially
+      // consistent), and dispatch bumps the generation before it reads sleeping_: so either
+      // this check sees the new job or dispatch sees a sleeper and wakes it under the mutex.
       std::unique_lock<std::mutex> lock(mutex_);
       sleeping_.fetch_add(1);
-      wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      wake_.wait(lock, [&] { return generation_.load() != seen; });
       sleeping_.fetch_sub(1);
       current = generation_.load(std::memory_order_acquire);
     }
@@ -65,26 +81,43 @@ void ThreadPool::dispatch(ThreadFn job) {
     return;
   }
   job_ = &job;
-  pending_.store(n_threads_ - 1, std::memory_order_release);
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    generation_.fetch_add(1, std::memory_order_acq_rel);
+  pending_.store(n_threads_ - 1, std::memory_order_relaxed);
+  generation_.fetch_add(1);  // sequentially consistent: publishes job_ and pending_
+  if (sleeping_.load() > 0) {
+    { std::lock_guard<std::mutex> lock(mutex_); }
+    wake_.notify_all();
   }
-  if (sleeping_.load() > 0) wake_.notify_all();
-  job(0);
-  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
-    if (spin < kPausesBeforeYield) {
-      SQUAT_CPU_RELAX();
-    } else {
-      std::this_thread::yield();
-    }
+  const ThreadPool* outer_pool = t_pool;
+  const int outer_index = t_index;
+  t_pool = this;
+  t_index = 0;
+  std::exception_ptr caller_error;
+  try {
+    job(0);
+  } catch (...) {
+    caller_error = std::current_exception();
   }
+  // Workers still read `job`, which lives in this frame: wait for them even after a throw.
+  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) relax(spin);
+  t_pool = outer_pool;
+  t_index = outer_index;
+  if (caller_error) std::rethrow_exception(caller_error);
 }
 
-void ThreadPool::run_on_all(ThreadFn body) { dispatch(body); }
+void ThreadPool::run_on_all(ThreadFn body) {
+  if (t_pool == this) {
+    body(t_index);
+    return;
+  }
+  dispatch(body);
+}
 
 void ThreadPool::parallel_for(std::size_t n, RangeFn body, std::size_t grain) {
   if (n == 0) return;
+  if (t_pool == this) {
+    body(0, n, t_index);
+    return;
+  }
   grain = std::max<std::size_t>(1, grain);
   const std::size_t chunks = (n + grain - 1) / grain;
   const std::size_t parts = std::min<std::size_t>(chunks, std::size_t(n_threads_));
