@@ -1,6 +1,7 @@
 // `squat bench`: prompt-processing and decode speed of the engine and the size of its KV cache,
 // per cache method and context length, as the median of repeated runs; a table on the terminal
-// and optionally JSON for scripts.
+// and optionally JSON for scripts. With --bandwidth also the machine's memory read bandwidth and,
+// per row, how close decoding comes to the speed that bandwidth allows (the roofline).
 #include <fmt/format.h>
 #include <sys/resource.h>
 
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/bandwidth.h"
 #include "apps/commands.h"
 #include "apps/model_options.h"
 #include "core/error.h"
@@ -31,6 +33,9 @@ struct BenchOptions {
   int repeats = 3;
   std::string prompt_file;  // text tiled to each context length; random tokens when empty
   std::string json_path;
+  bool bandwidth = false;
+  int bandwidth_mib = 0;  // 0: default_bandwidth_buffer_bytes()
+  int bandwidth_passes = 5;
 };
 
 struct Row {
@@ -40,6 +45,12 @@ struct Row {
   std::size_t cache_tokens = 0, cache_bytes = 0, f16_bytes = 0;
   double bits_per_element = 0;
   std::size_t peak_rss = 0;
+  // Bytes one decode step reads from memory (see decode_bytes_per_token below).
+  std::size_t weight_bytes = 0, logits_bytes = 0;
+  double cache_bytes_read = 0;
+  double decode_bytes_per_token() const {
+    return double(weight_bytes) + cache_bytes_read + double(logits_bytes);
+  }
   double bytes_per_token() const { return cache_tokens ? double(cache_bytes) / cache_tokens : 0; }
   double ratio_to_f16() const { return f16_bytes ? double(cache_bytes) / double(f16_bytes) : 0; }
 };
@@ -133,6 +144,14 @@ void bench(const BenchOptions& options) {
   const int vocab = config.vocab_size;
   using Clock = std::chrono::steady_clock;
 
+  Bandwidth bandwidth;
+  if (options.bandwidth) {
+    const std::size_t buffer = options.bandwidth_mib > 0
+                                   ? std::size_t(options.bandwidth_mib) << 20
+                                   : default_bandwidth_buffer_bytes();
+    bandwidth = measure_read_bandwidth(*loaded.pool, buffer, options.bandwidth_passes);
+  }
+
   std::vector<Row> rows;
   for (std::size_t mi = 0; mi < per_method.size(); ++mi) {
     for (int ctx : options.contexts) {
@@ -148,6 +167,7 @@ void bench(const BenchOptions& options) {
         auto start = Clock::now();
         const float* logits = context->eval(prompt);
         const double prompt_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+        const std::size_t cache_bytes_before_decode = context->cache().bytes();
         start = Clock::now();
         const int steps = repeat < 0 ? std::min(options.gen, 4) : options.gen;
         for (int i = 0; i < steps; ++i) {
@@ -162,6 +182,14 @@ void bench(const BenchOptions& options) {
         row.cache_tokens = std::size_t(cache.n_tokens());
         row.cache_bytes = cache.bytes();
         row.bits_per_element = cache.bits_per_element();
+        // Bytes from memory per decode step: every weight matrix once (Model::weight_bytes),
+        // the whole KV cache (attention reads every cached key and value; it grows from the
+        // prompt's bytes to the final ones, so the mean of the two ends), and the logits row
+        // written. Activations (a few KB per layer) and the RoPE cos/sin rows of pre-RoPE keys
+        // (one table shared by all layers, which stays in cache) are left out.
+        row.weight_bytes = model.weight_bytes();
+        row.cache_bytes_read = 0.5 * double(cache_bytes_before_decode + row.cache_bytes);
+        row.logits_bytes = std::size_t(vocab) * sizeof(float);
         // What an fp16 cache of the same tokens stores: keys and values, 2 bytes each.
         row.f16_bytes = row.cache_tokens * std::size_t(config.n_layers) *
                         std::size_t(config.kv_dim()) * 2 * sizeof(uint16_t);
@@ -173,19 +201,40 @@ void bench(const BenchOptions& options) {
 
   fmt::print("model: {} | threads: {} | decode tokens: {} | repeats: {}\n", config.name,
              loaded.pool->size(), options.gen, options.repeats);
-  fmt::print("{:>8} {:>8} {:>12} {:>12} {:>12} {:>10} {:>6} {:>7} {:>9}\n", "kv", "context",
-             "prompt tok/s", "decode tok/s", "cache bytes", "bytes/tok", "bits", "vs f16",
-             "peak MiB");
+  if (options.bandwidth) {
+    fmt::print("memory read bandwidth: {:.2f} GB/s (best of {} passes over {} MiB, {} threads)\n",
+               bandwidth.bytes_per_s / 1e9, bandwidth.pass_bytes_per_s.size(),
+               bandwidth.buffer_bytes >> 20, bandwidth.threads);
+  }
+  std::string header = fmt::format("{:>8} {:>8} {:>12} {:>12} {:>12} {:>10} {:>6} {:>7} {:>9}",
+                                   "kv", "context", "prompt tok/s", "decode tok/s", "cache bytes",
+                                   "bytes/tok", "bits", "vs f16", "peak MiB");
+  if (options.bandwidth) {
+    header += fmt::format(" {:>10} {:>13} {:>9}", "MB/decode", "roofline tok/s", "of roof");
+  }
+  fmt::print("{}\n", header);
   for (const Row& row : rows) {
-    fmt::print("{:>8} {:>8} {:>12.1f} {:>12.2f} {:>12} {:>10.0f} {:>6.2f} {:>7.3f} {:>9.1f}\n",
-               row.method, row.context, median(row.prompt_tps), median(row.decode_tps),
-               row.cache_bytes, row.bytes_per_token(), row.bits_per_element, row.ratio_to_f16(),
-               double(row.peak_rss) / (1 << 20));
+    std::string line = fmt::format(
+        "{:>8} {:>8} {:>12.1f} {:>12.2f} {:>12} {:>10.0f} {:>6.2f} {:>7.3f} {:>9.1f}", row.method,
+        row.context, median(row.prompt_tps), median(row.decode_tps), row.cache_bytes,
+        row.bytes_per_token(), row.bits_per_element, row.ratio_to_f16(),
+        double(row.peak_rss) / (1 << 20));
+    if (options.bandwidth) {
+      const double roofline = bandwidth.bytes_per_s / row.decode_bytes_per_token();
+      line += fmt::format(" {:>10.1f} {:>13.1f} {:>8.1f}%", row.decode_bytes_per_token() / 1e6,
+                          roofline, 100.0 * median(row.decode_tps) / roofline);
+    }
+    fmt::print("{}\n", line);
   }
   fmt::print(
       "(cache figures after the prompt and {} decoded tokens; vs f16 = cache bytes / the "
       "bytes an fp16 cache of the same tokens stores)\n",
       options.gen);
+  if (options.bandwidth) {
+    fmt::print(
+        "(MB/decode = weights + mean KV cache bytes while decoding + logits, read per decoded "
+        "token; roofline = bandwidth / that)\n");
+  }
   if (!options.json_path.empty()) {
     nlohmann::json out;
     out["engine"] = "squat";
@@ -193,6 +242,14 @@ void bench(const BenchOptions& options) {
     out["threads"] = loaded.pool->size();
     out["kv"] = options.methods;
     out["decode_tokens"] = options.gen;
+    out["repeats"] = options.repeats;
+    out["weight_bytes"] = model.weight_bytes();
+    if (options.bandwidth) {
+      out["bandwidth"] = {{"bytes_per_s", bandwidth.bytes_per_s},
+                          {"runs_bytes_per_s", bandwidth.pass_bytes_per_s},
+                          {"buffer_bytes", bandwidth.buffer_bytes},
+                          {"threads", bandwidth.threads}};
+    }
     out["rows"] = nlohmann::json::array();
     for (const Row& row : rows) {
       out["rows"].push_back({{"kv", row.method},
@@ -207,7 +264,16 @@ void bench(const BenchOptions& options) {
                              {"bits_per_element", row.bits_per_element},
                              {"fp16_cache_bytes", row.f16_bytes},
                              {"ratio_to_f16", row.ratio_to_f16()},
-                             {"peak_rss_bytes", row.peak_rss}});
+                             {"peak_rss_bytes", row.peak_rss},
+                             {"weight_bytes", row.weight_bytes},
+                             {"decode_cache_bytes_read", row.cache_bytes_read},
+                             {"logits_bytes", row.logits_bytes},
+                             {"decode_bytes_per_token", row.decode_bytes_per_token()}});
+      if (options.bandwidth) {
+        const double roofline = bandwidth.bytes_per_s / row.decode_bytes_per_token();
+        out["rows"].back()["roofline_decode_tokens_per_s"] = roofline;
+        out["rows"].back()["roofline_fraction"] = median(row.decode_tps) / roofline;
+      }
     }
     write_file_atomically(options.json_path, out.dump(2) + "\n");
   }
@@ -227,6 +293,17 @@ void register_bench_command(CLI::App& app) {
   cmd->add_option("--prompt-file", options->prompt_file,
                   "Text whose tokens make the prompt (default: random tokens)");
   cmd->add_option("--json", options->json_path, "Also write the results as JSON");
+  auto* bandwidth =
+      cmd->add_flag("--bandwidth", options->bandwidth,
+                    "Also measure memory read bandwidth and each decode row's roofline fraction");
+  cmd->add_option("--bandwidth-mib", options->bandwidth_mib,
+                  "Buffer read by --bandwidth in MiB (default: 1 GiB or 4x the last-level cache)")
+      ->check(CLI::Range(1, 1 << 20))
+      ->needs(bandwidth);
+  cmd->add_option("--bandwidth-passes", options->bandwidth_passes,
+                  "Timed passes over that buffer (the best is reported)")
+      ->check(CLI::Range(1, 1000))
+      ->needs(bandwidth);
   cmd->callback([options] { bench(*options); });
 }
 
