@@ -460,6 +460,16 @@ void BM_AddAxpy(benchmark::State& state) {
 BENCHMARK(BM_AddAxpy<true>);
 BENCHMARK(BM_AddAxpy<false>);
 
+// One empty parallel_for on the pool of 2: the fixed cost of handing a job to the workers,
+// paid hundreds of times per decoded token (no lock, no allocation; workers spinning).
+void BM_PoolDispatch(benchmark::State& state) {
+  ThreadPool& p = pool(2);
+  for (auto _ : state) {
+    p.parallel_for(2, [](std::size_t b, std::size_t e, int) { benchmark::DoNotOptimize(b + e); });
+  }
+}
+BENCHMARK(BM_PoolDispatch)->UseRealTime();
+
 }  // namespace
 }  // namespace squat::kernels
 
