@@ -48,7 +48,7 @@ TEST(ThreadPool, TinyJobsBackToBackEachRunExactlyOnce) {
     ThreadPool pool(threads);
     const std::size_t n = std::size_t(threads);
     std::vector<std::atomic<int>> hits(n);
-    for (int job = 0; job < 2000; ++job) {
+    for (int job = 0; job < 1000; ++job) {
       for (auto& h : hits) h.store(0, std::memory_order_relaxed);
       pool.parallel_for(n, [&](std::size_t b, std::size_t e, int t) {
         EXPECT_EQ(e, b + 1);
