@@ -11,5 +11,6 @@ void register_run_command(CLI::App& app);    // run_command.cpp (run, chat)
 void register_bench_command(CLI::App& app);  // bench_command.cpp
 void register_perplexity_command(CLI::App& app);  // perplexity_command.cpp
 void register_eval_command(CLI::App& app);        // eval_command.cpp (gsm8k, passkey)
+void register_serve_command(CLI::App& app);       // serve_command.cpp
 
 }  // namespace squat::apps

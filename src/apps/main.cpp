@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   squat::apps::register_bench_command(app);
   squat::apps::register_perplexity_command(app);
   squat::apps::register_eval_command(app);
+  squat::apps::register_serve_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -114,25 +114,115 @@ std::size_t Model::weight_bytes() const {
   return total;
 }
 
+ForwardBuffers::ForwardBuffers(const ModelConfig& c, int rows) : max_rows(std::max(1, rows)) {
+  const auto b = std::size_t(max_rows);
+  x.resize(b * std::size_t(c.n_embd));
+  xn.resize(b * std::size_t(c.n_embd));
+  proj.resize(b * std::size_t(c.n_embd));
+  q.resize(b * std::size_t(c.q_dim()));
+  q_before_rope.resize(b * std::size_t(c.q_dim()));
+  att.resize(b * std::size_t(c.q_dim()));
+  k.resize(b * std::size_t(c.kv_dim()));
+  v.resize(b * std::size_t(c.kv_dim()));
+  gate.resize(b * std::size_t(c.n_ff));
+  up.resize(b * std::size_t(c.n_ff));
+}
+
+void forward_layers(const Model& m, const int32_t* tokens, std::span<const BatchSlice> slices,
+                    ForwardBuffers& buf, ThreadPool& pool) {
+  const ModelConfig& c = m.config();
+  const auto e = std::size_t(c.n_embd), qd = std::size_t(c.q_dim()), kvd = std::size_t(c.kv_dim());
+  const auto ff = std::size_t(c.n_ff), hd = std::size_t(c.head_dim);
+  std::size_t rows = 0;
+  for (const BatchSlice& s : slices) rows += std::size_t(s.n);
+  if (rows == 0 || rows > std::size_t(buf.max_rows)) {
+    fail("forward pass of {} rows, expected 1..{}", rows, buf.max_rows);
+  }
+  const kernels::RopeLayout layout =
+      c.neox_rope ? kernels::RopeLayout::Neox : kernels::RopeLayout::Normal;
+
+  const kernels::WeightView& embd = m.token_embedding();
+  for (std::size_t i = 0; i < rows; ++i) {
+    kernels::dequantize_row(embd.type, embd.data + std::size_t(tokens[i]) * embd.row_bytes,
+                            buf.x.data() + i * e, e);
+  }
+
+  // One product per weight matrix for all rows: matvec for a single row.
+  auto project = [&](const kernels::WeightView& w, const float* in, float* out) {
+    if (rows == 1) {
+      kernels::matvec(w, in, out, pool);
+    } else {
+      kernels::matmul(w, in, rows, out, pool);
+    }
+  };
+  auto add_bias = [&](float* out, const std::vector<float>& bias, std::size_t width) {
+    if (bias.empty()) return;
+    for (std::size_t i = 0; i < rows; ++i) kernels::add(out + i * width, bias.data(), width);
+  };
+
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& w = m.layers()[std::size_t(l)];
+    for (std::size_t i = 0; i < rows; ++i) {
+      kernels::rmsnorm(buf.x.data() + i * e, w.attn_norm.data(), buf.xn.data() + i * e, e,
+                       c.rms_eps);
+    }
+    project(w.wq, buf.xn.data(), buf.q.data());
+    project(w.wk, buf.xn.data(), buf.k.data());
+    project(w.wv, buf.xn.data(), buf.v.data());
+    add_bias(buf.q.data(), w.q_bias, qd);
+    add_bias(buf.k.data(), w.k_bias, kvd);
+    add_bias(buf.v.data(), w.v_bias, kvd);
+    // Each slice is its own sequence: its positions, its cache (and SQuat subspace).
+    std::size_t row = 0;
+    for (const BatchSlice& s : slices) {
+      const auto n = std::size_t(s.n);
+      float* q = buf.q.data() + row * qd;
+      const bool wants_queries = s.cache->wants_queries(l);
+      if (wants_queries) std::copy(q, q + n * qd, buf.q_before_rope.data() + row * qd);
+      for (std::size_t i = 0; i < n; ++i) {
+        for (int h = 0; h < c.n_heads; ++h) {
+          kernels::rope(q + i * qd + std::size_t(h) * hd, hd, s.first_pos + int(i),
+                        c.rope_inv_freq.data(), layout);
+        }
+      }
+      if (wants_queries) {
+        s.cache->observe_queries(l, buf.q_before_rope.data() + row * qd, q, s.n, pool);
+      }
+      s.cache->append(l, buf.k.data() + row * kvd, buf.v.data() + row * kvd, s.n);
+      s.cache->attend(l, q, s.n, s.first_pos, buf.att.data() + row * qd, pool);
+      row += n;
+    }
+    project(w.wo, buf.att.data(), buf.proj.data());
+    for (std::size_t i = 0; i < rows; ++i) {
+      kernels::add(buf.x.data() + i * e, buf.proj.data() + i * e, e);
+    }
+
+    for (std::size_t i = 0; i < rows; ++i) {
+      kernels::rmsnorm(buf.x.data() + i * e, w.ffn_norm.data(), buf.xn.data() + i * e, e,
+                       c.rms_eps);
+    }
+    project(w.w_gate, buf.xn.data(), buf.gate.data());
+    project(w.w_up, buf.xn.data(), buf.up.data());
+    for (std::size_t i = 0; i < rows; ++i) {
+      kernels::swiglu(buf.gate.data() + i * ff, buf.up.data() + i * ff, buf.gate.data() + i * ff,
+                      ff);
+    }
+    project(w.w_down, buf.gate.data(), buf.proj.data());
+    for (std::size_t i = 0; i < rows; ++i) {
+      kernels::add(buf.x.data() + i * e, buf.proj.data() + i * e, e);
+    }
+  }
+}
+
 InferenceContext::InferenceContext(const Model& model, std::unique_ptr<AttentionCache> cache,
                                    ThreadPool& pool, int max_batch)
     : model_(model),
       cache_(std::move(cache)),
       pool_(pool),
       max_batch_(std::max(1, max_batch)),
-      max_tokens_(cache_->capacity()) {
+      max_tokens_(cache_->capacity()),
+      buffers_(model.config(), max_batch_) {
   const ModelConfig& c = model.config();
-  const auto b = std::size_t(max_batch_);
-  x_.resize(b * std::size_t(c.n_embd));
-  xn_.resize(b * std::size_t(c.n_embd));
-  proj_.resize(b * std::size_t(c.n_embd));
-  q_.resize(b * std::size_t(c.q_dim()));
-  q_before_rope_.resize(b * std::size_t(c.q_dim()));
-  att_.resize(b * std::size_t(c.q_dim()));
-  k_.resize(b * std::size_t(c.kv_dim()));
-  v_.resize(b * std::size_t(c.kv_dim()));
-  gate_.resize(b * std::size_t(c.n_ff));
-  up_.resize(b * std::size_t(c.n_ff));
   last_.resize(std::size_t(c.n_embd));
   logits_.resize(std::size_t(c.vocab_size));
 }
@@ -161,8 +251,8 @@ const float* InferenceContext::eval(std::span<const int32_t> tokens,
     forward_batch(tokens.data() + start, n, out, all_logits != nullptr);
   }
   // NaN or Inf weights (a corrupt file) would otherwise turn into silent garbage tokens.
-  for (float value : logits_) {
-    if (!std::isfinite(value)) {
+  for (std::size_t i = 0; i < logits_.size(); ++i) {
+    if (!std::isfinite(logits_[i])) {
       fail("{}: the model computed a NaN or infinite logit; its weights hold NaN or Inf values",
            model_.file().path());
     }
@@ -174,83 +264,26 @@ void InferenceContext::forward_batch(const int32_t* tokens, int n, float* logits
                                      bool want_all) {
   const Model& m = model_;
   const ModelConfig& c = m.config();
-  const auto e = std::size_t(c.n_embd), qd = std::size_t(c.q_dim()), kvd = std::size_t(c.kv_dim());
-  const auto ff = std::size_t(c.n_ff), hd = std::size_t(c.head_dim);
-  const auto rows = std::size_t(n);
-  const kernels::RopeLayout layout =
-      c.neox_rope ? kernels::RopeLayout::Neox : kernels::RopeLayout::Normal;
-
-  const kernels::WeightView& embd = m.token_embedding();
-  for (std::size_t i = 0; i < rows; ++i) {
-    kernels::dequantize_row(embd.type, embd.data + std::size_t(tokens[i]) * embd.row_bytes,
-                            x_.data() + i * e, e);
-  }
-
-  // One product per weight matrix for the whole batch: matvec for a single token.
-  auto project = [&](const kernels::WeightView& w, const float* in, float* out) {
-    if (n == 1) {
-      kernels::matvec(w, in, out, pool_);
-    } else {
-      kernels::matmul(w, in, rows, out, pool_);
-    }
-  };
-  auto add_bias = [&](float* out, const std::vector<float>& bias, std::size_t width) {
-    if (bias.empty()) return;
-    for (std::size_t i = 0; i < rows; ++i) kernels::add(out + i * width, bias.data(), width);
-  };
-
-  for (int l = 0; l < c.n_layers; ++l) {
-    const LayerWeights& w = m.layers()[std::size_t(l)];
-    for (std::size_t i = 0; i < rows; ++i) {
-      kernels::rmsnorm(x_.data() + i * e, w.attn_norm.data(), xn_.data() + i * e, e, c.rms_eps);
-    }
-    project(w.wq, xn_.data(), q_.data());
-    project(w.wk, xn_.data(), k_.data());
-    project(w.wv, xn_.data(), v_.data());
-    add_bias(q_.data(), w.q_bias, qd);
-    add_bias(k_.data(), w.k_bias, kvd);
-    add_bias(v_.data(), w.v_bias, kvd);
-    const bool wants_queries = cache_->wants_queries(l);
-    if (wants_queries) std::copy(q_.data(), q_.data() + rows * qd, q_before_rope_.data());
-    for (std::size_t i = 0; i < rows; ++i) {
-      for (int h = 0; h < c.n_heads; ++h) {
-        kernels::rope(q_.data() + i * qd + std::size_t(h) * hd, hd, n_past_ + int(i),
-                      c.rope_inv_freq.data(), layout);
-      }
-    }
-    if (wants_queries) cache_->observe_queries(l, q_before_rope_.data(), q_.data(), n, pool_);
-    cache_->append(l, k_.data(), v_.data(), n);
-    cache_->attend(l, q_.data(), n, n_past_, att_.data(), pool_);
-    project(w.wo, att_.data(), proj_.data());
-    for (std::size_t i = 0; i < rows; ++i) kernels::add(x_.data() + i * e, proj_.data() + i * e, e);
-
-    for (std::size_t i = 0; i < rows; ++i) {
-      kernels::rmsnorm(x_.data() + i * e, w.ffn_norm.data(), xn_.data() + i * e, e, c.rms_eps);
-    }
-    project(w.w_gate, xn_.data(), gate_.data());
-    project(w.w_up, xn_.data(), up_.data());
-    for (std::size_t i = 0; i < rows; ++i) {
-      kernels::swiglu(gate_.data() + i * ff, up_.data() + i * ff, gate_.data() + i * ff, ff);
-    }
-    project(w.w_down, gate_.data(), proj_.data());
-    for (std::size_t i = 0; i < rows; ++i) kernels::add(x_.data() + i * e, proj_.data() + i * e, e);
-  }
+  const auto e = std::size_t(c.n_embd), rows = std::size_t(n);
+  const BatchSlice slice{cache_.get(), n_past_, n};
+  forward_layers(m, tokens, std::span<const BatchSlice>(&slice, 1), buffers_, pool_);
   n_past_ += n;
 
+  const float* x = buffers_.x.data();
+  float* xn = buffers_.xn.data();
   const auto vocab = std::size_t(c.vocab_size);
   if (want_all) {
     for (std::size_t i = 0; i < rows; ++i) {
-      kernels::rmsnorm(x_.data() + i * e, m.output_norm().data(), xn_.data() + i * e, e, c.rms_eps);
+      kernels::rmsnorm(x + i * e, m.output_norm().data(), xn + i * e, e, c.rms_eps);
     }
     if (n == 1) {
-      kernels::matvec(m.output(), xn_.data(), logits_out, pool_);
+      kernels::matvec(m.output(), xn, logits_out, pool_);
     } else {
-      kernels::matmul(m.output(), xn_.data(), rows, logits_out, pool_);
+      kernels::matmul(m.output(), xn, rows, logits_out, pool_);
     }
     std::copy(logits_out + (rows - 1) * vocab, logits_out + rows * vocab, logits_.data());
   } else {
-    kernels::rmsnorm(x_.data() + (rows - 1) * e, m.output_norm().data(), last_.data(), e,
-                     c.rms_eps);
+    kernels::rmsnorm(x + (rows - 1) * e, m.output_norm().data(), last_.data(), e, c.rms_eps);
     kernels::matvec(m.output(), last_.data(), logits_.data(), pool_);
   }
 }

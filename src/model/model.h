@@ -51,6 +51,29 @@ class Model {
   std::vector<float> output_norm_;
 };
 
+// One sequence's part of a forward batch: `n` consecutive rows of the batch, whose tokens go
+// to `cache` at positions first_pos, first_pos + 1, ...
+struct BatchSlice {
+  AttentionCache* cache = nullptr;
+  int first_pos = 0;
+  int n = 0;
+};
+
+// Activation scratch for a forward pass over up to `max_rows` rows, allocated once.
+struct ForwardBuffers {
+  ForwardBuffers(const ModelConfig& config, int max_rows);
+  int max_rows;
+  AlignedBuffer<float> x, xn, q, q_before_rope, k, v, att, proj, gate, up;
+};
+
+// The transformer layers over a batch of rows that may belong to several sequences (slices in
+// row order, rows summing to at most buffers.max_rows): every projection is one product over
+// all rows, so the weights are read once per batch; attention runs per slice against that
+// slice's own cache. Leaves the final hidden states (before the output norm) in buffers.x.
+// Tokens must be valid ids and every cache must have room (callers check).
+void forward_layers(const Model& model, const int32_t* tokens, std::span<const BatchSlice> slices,
+                    ForwardBuffers& buffers, ThreadPool& pool);
+
 // Runs the forward pass for one sequence. Tokens are processed in batches of up to
 // `max_batch` (matrix-matrix products); all buffers are allocated here, once.
 class InferenceContext {
@@ -78,7 +101,8 @@ class InferenceContext {
   int max_batch_;
   int max_tokens_;
   int n_past_ = 0;
-  AlignedBuffer<float> x_, xn_, q_, q_before_rope_, k_, v_, att_, proj_, gate_, up_, logits_, last_;
+  ForwardBuffers buffers_;
+  AlignedBuffer<float> logits_, last_;
 };
 
 }  // namespace squat

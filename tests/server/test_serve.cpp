@@ -1,0 +1,570 @@
+// `squat serve` end to end: the built binary on a free loopback port, driven over HTTP. Checks
+// every endpoint against `squat run` (same model, cache and greedy decoding must give the same
+// text), streaming, cancellation by disconnect, admission by the cache budget, 503 on a full
+// queue, each class of bad input, and a clean stop on SIGTERM.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../apps/run_shell.h"
+
+namespace squat {
+namespace {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+const std::string kBinary = std::string(SQUAT_BINARY_DIR) + "/squat";
+const std::string kModel = SQUAT_TEST_MODEL;
+
+// A `squat serve` child process on 127.0.0.1 and a port the kernel picked (--port 0).
+class ServerProcess {
+ public:
+  explicit ServerProcess(const std::string& args) {
+    int fds[2];
+    if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
+    const std::string command =
+        "exec " + kBinary + " serve -m " + kModel + " --port 0 -t 2 " + args;
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(fds[1], 2);
+      close(fds[0]);
+      close(fds[1]);
+      execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(fds[1]);
+    err_ = fds[0];
+    // The server names its port once it listens; give loading the model a generous bound.
+    const auto deadline = std::chrono::steady_clock::now() + 120s;
+    const std::string marker = "listening on http://127.0.0.1:";
+    while (std::chrono::steady_clock::now() < deadline) {
+      pollfd p{err_, POLLIN, 0};
+      if (poll(&p, 1, 1000) <= 0) continue;
+      char buf[4096];
+      const ssize_t got = read(err_, buf, sizeof buf);
+      if (got <= 0) break;
+      log_.append(buf, std::size_t(got));
+      if (const auto at = log_.find(marker); at != std::string::npos) {
+        const auto end = log_.find('\n', at);
+        if (end == std::string::npos) continue;
+        port_ = std::stoi(log_.substr(at + marker.size(), end - at - marker.size()));
+        return;
+      }
+    }
+  }
+  ~ServerProcess() {
+    if (pid_ > 0 && status_ < 0) stop();
+    if (err_ >= 0) close(err_);
+  }
+  int port() const { return port_; }
+  const std::string& log() const { return log_; }
+
+  // SIGTERM, then the exit status (128 + signal if one killed it).
+  int stop() {
+    kill(pid_, SIGTERM);
+    int raw = 0;
+    waitpid(pid_, &raw, 0);
+    status_ = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+    char buf[4096];
+    ssize_t got;
+    while ((got = read(err_, buf, sizeof buf)) > 0) log_.append(buf, std::size_t(got));
+    return status_;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int err_ = -1;
+  int port_ = 0;
+  int status_ = -1;
+  std::string log_;
+};
+
+httplib::Client client(int port) {
+  httplib::Client c("127.0.0.1", port);
+  c.set_read_timeout(120, 0);
+  return c;
+}
+
+struct Reply {
+  int status = 0;
+  json body;
+  std::string raw;
+  std::string retry_after;
+};
+
+Reply post(int port, const std::string& path, const std::string& body) {
+  auto c = client(port);
+  auto res = c.Post(path.c_str(), body, "application/json");
+  Reply r;
+  if (!res) return r;
+  r.status = res->status;
+  r.raw = res->body;
+  r.retry_after = res->get_header_value("Retry-After");
+  r.body = json::parse(res->body, nullptr, false);
+  return r;
+}
+
+// The JSON events of a server-sent-events stream, up to (not including) [DONE]; `done` tells
+// whether [DONE] came last.
+std::vector<json> sse_events(const std::string& text, bool* done) {
+  std::vector<json> events;
+  *done = false;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("data: ", 0) != 0) continue;
+    const std::string data = line.substr(6);
+    if (data == "[DONE]") {
+      *done = true;
+      break;
+    }
+    events.push_back(json::parse(data));
+  }
+  return events;
+}
+
+std::string stream(int port, const std::string& path, const std::string& body,
+                   std::string* content_type = nullptr) {
+  auto c = client(port);
+  httplib::Request req;
+  req.method = "POST";
+  req.path = path;
+  req.body = body;
+  req.set_header("Content-Type", "application/json");
+  std::string out;
+  req.content_receiver = [&](const char* data, std::size_t n, uint64_t, uint64_t) {
+    out.append(data, n);
+    return true;
+  };
+  auto res = c.send(req);
+  if (res && content_type) *content_type = res->get_header_value("Content-Type");
+  return out;
+}
+
+std::map<std::string, double> metrics(int port) {
+  auto c = client(port);
+  auto res = c.Get("/metrics");
+  std::map<std::string, double> out;
+  if (!res) return out;
+  std::istringstream in(res->body);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const auto space = line.rfind(' ');
+    out[line.substr(0, space)] = std::stod(line.substr(space + 1));
+  }
+  return out;
+}
+
+// Polls /metrics until `ready` holds (the scheduler publishes after each step); a deadline
+// only keeps a broken server from hanging the suite.
+bool wait_metrics(int port, const std::function<bool(std::map<std::string, double>&)>& ready) {
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto m = metrics(port);
+    if (ready(m)) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return false;
+}
+
+// A raw connection that sends one request and can be dropped mid-response (cancellation).
+class RawRequest {
+ public:
+  RawRequest(int port, const std::string& path, const std::string& body) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(uint16_t(port));
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    if (connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return;
+    const std::string request = "POST " + path +
+                                " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                                "Connection: close\r\nContent-Length: " +
+                                std::to_string(body.size()) + "\r\n\r\n" + body;
+    send(fd_, request.data(), request.size(), MSG_NOSIGNAL);
+  }
+  ~RawRequest() { drop(); }
+  // Reads until `text` appears (or the peer closes); returns what was read so far.
+  const std::string& read_until(const std::string& text) {
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (received_.find(text) == std::string::npos &&
+           std::chrono::steady_clock::now() < deadline) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 200) <= 0) continue;
+      char buf[4096];
+      const ssize_t got = recv(fd_, buf, sizeof buf, 0);
+      if (got <= 0) break;
+      received_.append(buf, std::size_t(got));
+    }
+    return received_;
+  }
+  int status() {
+    read_until("\r\n");
+    return received_.size() > 12 ? std::stoi(received_.substr(9, 3)) : 0;
+  }
+  void drop() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+  std::string received_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+class Serve : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!std::filesystem::exists(kModel)) return;
+    server_ = new ServerProcess(
+        "--kv squat --k-bits 2 --v-bits 2 -c 512 --kv-budget 256MiB --max-seqs 8 --queue 8");
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  void SetUp() override {
+    if (!std::filesystem::exists(kModel)) GTEST_SKIP() << "default model not found";
+    ASSERT_GT(server_->port(), 0) << server_->log();
+  }
+  static int port() { return server_->port(); }
+  // What `squat run` prints for the same prompt, cache and greedy decoding.
+  static std::string run_text(const std::string& prompt, int n, bool chat) {
+    const auto r = testing::run_shell(kBinary + " run -m " + kModel +
+                                      " --kv squat --k-bits 2 --v-bits 2 -c 512 -t 2 --temp 0 -n " +
+                                      std::to_string(n) + " --no-display-prompt " +
+                                      (chat ? "--chat " : "") + "-p '" + prompt + "' 2>/dev/null");
+    EXPECT_EQ(r.status, 0);
+    return r.output;
+  }
+  static ServerProcess* server_;
+};
+
+ServerProcess* Serve::server_ = nullptr;
+
+TEST_F(Serve, HealthAndModels) {
+  auto c = client(port());
+  auto health = c.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  EXPECT_EQ(json::parse(health->body)["status"], "ok");
+  auto models = c.Get("/v1/models");
+  ASSERT_TRUE(models);
+  EXPECT_EQ(models->status, 200);
+  const json m = json::parse(models->body);
+  EXPECT_EQ(m["object"], "list");
+  ASSERT_EQ(m["data"].size(), 1u);
+  EXPECT_EQ(m["data"][0]["id"], std::filesystem::path(kModel).stem().string());
+}
+
+TEST_F(Serve, CompletionMatchesSquatRun) {
+  const std::string prompt = "The capital of France is";
+  const Reply r = post(port(), "/v1/completions",
+                       json{{"prompt", prompt}, {"max_tokens", 12}, {"temperature", 0},
+                            {"ignore_eos", true}}
+                           .dump());
+  ASSERT_EQ(r.status, 200) << r.raw;
+  EXPECT_EQ(r.body["object"], "text_completion");
+  const json& choice = r.body["choices"][0];
+  EXPECT_EQ(choice["text"], run_text(prompt, 12, false));
+  EXPECT_NE(choice["text"].get<std::string>().find("Paris"), std::string::npos);
+  EXPECT_EQ(choice["finish_reason"], "length");
+  EXPECT_EQ(r.body["usage"]["completion_tokens"], 12);
+  EXPECT_GE(r.body["usage"]["prompt_tokens"].get<int>(), 5);
+  EXPECT_EQ(r.body["usage"]["total_tokens"], r.body["usage"]["prompt_tokens"].get<int>() + 12);
+}
+
+TEST_F(Serve, ChatMatchesSquatRunChat) {
+  const std::string question = "What is the capital of France?";
+  const Reply r = post(port(), "/v1/chat/completions",
+                       json{{"messages", {{{"role", "user"}, {"content", question}}}},
+                            {"max_tokens", 16},
+                            {"temperature", 0}}
+                           .dump());
+  ASSERT_EQ(r.status, 200) << r.raw;
+  EXPECT_EQ(r.body["object"], "chat.completion");
+  const json& choice = r.body["choices"][0];
+  EXPECT_EQ(choice["message"]["role"], "assistant");
+  EXPECT_EQ(choice["message"]["content"], run_text(question, 16, true));
+  EXPECT_TRUE(choice["finish_reason"] == "stop" || choice["finish_reason"] == "length");
+}
+
+TEST_F(Serve, StreamedCompletionEqualsWholeOne) {
+  const json request = {{"prompt", "Water boils at"}, {"max_tokens", 10}, {"temperature", 0},
+                        {"ignore_eos", true}};
+  const Reply whole = post(port(), "/v1/completions", request.dump());
+  ASSERT_EQ(whole.status, 200);
+  json streamed = request;
+  streamed["stream"] = true;
+  std::string content_type;
+  bool done = false;
+  const auto events =
+      sse_events(stream(port(), "/v1/completions", streamed.dump(), &content_type), &done);
+  EXPECT_EQ(content_type, "text/event-stream");
+  EXPECT_TRUE(done) << "the stream ends with data: [DONE]";
+  ASSERT_GE(events.size(), 2u);
+  std::string text;
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    const json& choice = events[i]["choices"][0];
+    text += choice["text"].get<std::string>();
+    EXPECT_EQ(choice["finish_reason"].is_null(), i + 1 < events.size());
+  }
+  EXPECT_EQ(text, whole.body["choices"][0]["text"]);
+  EXPECT_EQ(events.back()["choices"][0]["finish_reason"], "length");
+}
+
+TEST_F(Serve, StreamedChatWithUsage) {
+  const json request = {{"messages", {{{"role", "user"}, {"content", "Say hello."}}}},
+                        {"max_tokens", 8},
+                        {"temperature", 0},
+                        {"stream", true},
+                        {"stream_options", {{"include_usage", true}}}};
+  bool done = false;
+  const auto events = sse_events(stream(port(), "/v1/chat/completions", request.dump()), &done);
+  EXPECT_TRUE(done);
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.front()["object"], "chat.completion.chunk");
+  EXPECT_EQ(events.front()["choices"][0]["delta"]["role"], "assistant");
+  const json& usage = events.back()["usage"];
+  EXPECT_TRUE(events.back()["choices"].empty());
+  std::string text;
+  for (const json& e : events) {
+    if (!e["choices"].empty() && e["choices"][0]["delta"].contains("content")) {
+      text += e["choices"][0]["delta"]["content"].get<std::string>();
+    }
+  }
+  EXPECT_EQ(text, run_text("Say hello.", 8, true));
+  EXPECT_GE(usage["completion_tokens"].get<int>(), 1);
+  EXPECT_LE(usage["completion_tokens"].get<int>(), 8);
+}
+
+TEST_F(Serve, StopStringEndsTheText) {
+  const std::string prompt = "The capital of France is";
+  const std::string full = run_text(prompt, 12, false);
+  const auto at = full.find("Paris");
+  ASSERT_NE(at, std::string::npos) << full;
+  const Reply r = post(port(), "/v1/completions",
+                       json{{"prompt", prompt}, {"max_tokens", 12}, {"temperature", 0},
+                            {"stop", {"Paris"}}}
+                           .dump());
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.body["choices"][0]["text"], full.substr(0, at));
+  EXPECT_EQ(r.body["choices"][0]["finish_reason"], "stop");
+}
+
+TEST_F(Serve, SeededSamplingRepeats) {
+  const std::string body = json{{"prompt", "Once upon a time"}, {"max_tokens", 12},
+                                {"temperature", 0.9}, {"top_p", 0.9}, {"top_k", 40},
+                                {"seed", 1234}}
+                               .dump();
+  const Reply a = post(port(), "/v1/completions", body);
+  const Reply b = post(port(), "/v1/completions", body);
+  ASSERT_EQ(a.status, 200);
+  EXPECT_EQ(a.body["choices"][0]["text"], b.body["choices"][0]["text"]);
+}
+
+TEST_F(Serve, BadInputGets4xxNamingTheField) {
+  struct Case {
+    const char* path;
+    std::string body;
+    int status;
+    const char* param;  // nullptr: param is null
+  };
+  const std::string long_prompt(600 * 6, 'a');  // far more than -c 512 tokens
+  const std::vector<Case> cases = {
+      {"/v1/completions", "{\"prompt\": ", 400, nullptr},
+      {"/v1/completions", "[1]", 400, nullptr},
+      {"/v1/completions", R"({"max_tokens":4})", 400, "prompt"},
+      {"/v1/completions", R"({"prompt":"x","temperature":"hot"})", 400, "temperature"},
+      {"/v1/completions", R"({"prompt":"x","max_tokens":-1})", 400, "max_tokens"},
+      {"/v1/completions", R"({"prompt":"x","max_tokens":100000000})", 400, "max_tokens"},
+      {"/v1/completions", R"({"prompt":"x","top_p":7})", 400, "top_p"},
+      {"/v1/completions", R"({"prompt":"x","n":3})", 400, "n"},
+      {"/v1/completions", R"({"prompt":"x","stop":[1]})", 400, "stop[0]"},
+      {"/v1/completions", json{{"prompt", long_prompt}}.dump(), 400, "prompt"},
+      {"/v1/completions", R"({"prompt":"a b c d","max_tokens":510})", 400, "max_tokens"},
+      {"/v1/completions", "{\"prompt\":\"\xff\xfe\"}", 400, nullptr},
+      {"/v1/chat/completions", R"({"messages":[{"role":"user"}]})", 400, "messages[0].content"},
+      {"/v1/chat/completions", R"({"messages":{}})", 400, "messages"},
+  };
+  for (const Case& c : cases) {
+    const Reply r = post(port(), c.path, c.body);
+    EXPECT_EQ(r.status, c.status) << c.body.substr(0, 80) << " -> " << r.raw;
+    ASSERT_TRUE(r.body.is_object() && r.body.contains("error")) << r.raw;
+    const json& e = r.body["error"];
+    EXPECT_FALSE(e["message"].get<std::string>().empty());
+    EXPECT_EQ(e["type"], "invalid_request_error");
+    if (c.param) {
+      EXPECT_EQ(e["param"], c.param) << c.body.substr(0, 80);
+    } else if (!e["param"].is_null()) {
+      // Invalid UTF-8 is refused by the JSON parser or the tokenizer; either names no field
+      // or names the prompt.
+      EXPECT_EQ(e["param"], "prompt");
+    }
+  }
+  auto c = client(port());
+  auto missing = c.Get("/v1/nothing");
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 404);
+  EXPECT_TRUE(json::parse(missing->body).contains("error"));
+  // The server is still healthy after all of it.
+  EXPECT_EQ(c.Get("/health")->status, 200);
+}
+
+TEST_F(Serve, DisconnectCancelsTheGenerationAndFreesItsCache) {
+  for (const bool streaming : {true, false}) {
+    const auto before = metrics(port());
+    const double cancelled = before.count("squat_sequences_cancelled_total")
+                                 ? before.at("squat_sequences_cancelled_total")
+                                 : 0;
+    {
+      RawRequest r(port(), "/v1/completions",
+                   json{{"prompt", "Tell me a long story."}, {"max_tokens", 400},
+                        {"ignore_eos", true}, {"stream", streaming}}
+                       .dump());
+      EXPECT_EQ(r.status(), 200);
+      if (streaming) r.read_until("data: ");
+      // Wait until the sequence is in the batch, then go away.
+      ASSERT_TRUE(wait_metrics(port(), [](auto& m) { return m["squat_active_sequences"] >= 1; }));
+    }
+    ASSERT_TRUE(wait_metrics(port(), [&](auto& m) {
+      return m["squat_sequences_cancelled_total"] >= cancelled + 1 &&
+             m["squat_active_sequences"] == 0 && m["squat_cache_reserved_bytes"] == 0;
+    })) << (streaming ? "streaming" : "non-streaming");
+    const auto after = metrics(port());
+    EXPECT_LT(after.at("squat_generated_tokens_total") - before.at("squat_generated_tokens_total"),
+              400)
+        << "the generation stopped before max_tokens";
+  }
+}
+
+TEST_F(Serve, MetricsCountRequestsAndTokens) {
+  post(port(), "/v1/completions", R"({"prompt":"Hi","max_tokens":3,"ignore_eos":true})");
+  post(port(), "/v1/completions", R"({"prompt":"Hi","max_tokens":"x"})");
+  auto m = metrics(port());
+  EXPECT_GE(m["squat_requests_total{endpoint=\"/v1/completions\",status=\"200\"}"], 1);
+  EXPECT_GE(m["squat_requests_total{endpoint=\"/v1/completions\",status=\"400\"}"], 1);
+  EXPECT_GE(m["squat_generated_tokens_total"], 3);
+  EXPECT_GE(m["squat_prompt_tokens_total"], 1);
+  EXPECT_GE(m["squat_time_to_first_token_seconds_count"], 1);
+  EXPECT_EQ(m["squat_time_to_first_token_seconds_bucket{le=\"+Inf\"}"],
+            m["squat_time_to_first_token_seconds_count"]);
+  EXPECT_EQ(m["squat_cache_budget_bytes"], 256.0 * (1 << 20));
+  EXPECT_GT(m["process_resident_memory_bytes"], 0);
+  EXPECT_EQ(m["squat_queue_length"], 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admission by memory: the same budget admits several times more 2-bit SQuat sequences than
+// f16 ones; requests that do not fit wait in the queue, and a full queue answers 503.
+
+struct Admitted {
+  int admitted = 0, queued = 0, refused = 0;
+  std::string refusal;
+};
+
+// Sends `n` long streaming requests one after another (each answered before the next is sent,
+// so the outcome does not depend on timing), reads how many the server admitted and queued,
+// then drops them all and checks the budget is free again.
+Admitted flood(const std::string& kv_args, int n) {
+  ServerProcess server(kv_args + " -c 4096 --kv-budget 192MiB --max-seqs 64 --queue 2");
+  EXPECT_GT(server.port(), 0) << server.log();
+  Admitted out;
+  const std::string body = json{{"prompt", "Count to one thousand:"}, {"max_tokens", 4000},
+                                {"ignore_eos", true}, {"stream", true}}
+                               .dump();
+  {
+    std::vector<std::unique_ptr<RawRequest>> requests;
+    for (int i = 0; i < n; ++i) {
+      requests.push_back(std::make_unique<RawRequest>(server.port(), "/v1/completions", body));
+      const int status = requests.back()->status();
+      if (status == 503) {
+        ++out.refused;
+        out.refusal = requests.back()->read_until("}}");
+      }
+    }
+    std::map<std::string, double> m;
+    EXPECT_TRUE(wait_metrics(server.port(), [&](auto& got) {
+      m = got;
+      return got["squat_active_sequences"] + got["squat_queue_length"] == n - out.refused;
+    }));
+    out.admitted = int(m["squat_active_sequences"]);
+    out.queued = int(m["squat_queue_length"]);
+  }
+  EXPECT_TRUE(wait_metrics(server.port(), [](auto& m) {
+    return m["squat_active_sequences"] == 0 && m["squat_queue_length"] == 0 &&
+           m["squat_cache_reserved_bytes"] == 0;
+  })) << "dropped requests free their cache";
+  EXPECT_EQ(server.stop(), 0) << server.log();
+  return out;
+}
+
+TEST(ServeAdmission, SquatTwoBitAdmitsSeveralTimesTheSequencesOfF16) {
+  if (!std::filesystem::exists(kModel)) GTEST_SKIP() << "default model not found";
+  const Admitted f16 = flood("--kv f16", 8);
+  // An f16 sequence holds 2 bytes x 30 layers x 3 KV heads x 64 x (K and V) = 22.5 KiB a token,
+  // 88 MiB for its ~4000 tokens: a 192 MiB budget takes 2 of them, not 3.
+  EXPECT_EQ(f16.admitted, 2);
+  EXPECT_EQ(f16.queued, 2);
+  EXPECT_NE(f16.refusal.find("server_busy"), std::string::npos) << f16.refusal;
+  EXPECT_EQ(f16.refused, 8 - f16.admitted - 2);
+  EXPECT_NE(f16.refusal.find("Retry-After: 1"), std::string::npos) << f16.refusal;
+
+  // 2-bit codes are an eighth of fp16 per token; scales, the full-precision window and SQuat's
+  // per-prompt subspace (a fixed cost per sequence) take back part of that.
+  const Admitted squat = flood("--kv squat --k-bits 2 --v-bits 2", 16);
+  std::printf("same 192 MiB budget, ~4000-token sequences: f16 admitted %d, squat-2 %d\n",
+              f16.admitted, squat.admitted);
+  EXPECT_EQ(squat.queued, 2);
+  EXPECT_GE(squat.admitted, 3 * f16.admitted)
+      << "squat-2 admitted " << squat.admitted << ", f16 " << f16.admitted;
+}
+
+TEST(ServeAdmission, RequestLargerThanTheWholeBudgetIsRefused) {
+  if (!std::filesystem::exists(kModel)) GTEST_SKIP() << "default model not found";
+  ServerProcess server("--kv f16 -c 2048 --kv-budget 8MiB");
+  ASSERT_GT(server.port(), 0) << server.log();
+  const Reply r = post(server.port(), "/v1/completions",
+                       R"({"prompt":"Hello","max_tokens":1000})");
+  EXPECT_EQ(r.status, 400) << r.raw;
+  EXPECT_EQ(r.body["error"]["param"], "max_tokens");
+  EXPECT_NE(r.body["error"]["message"].get<std::string>().find("--kv-budget"), std::string::npos);
+  // A small request still runs.
+  EXPECT_EQ(post(server.port(), "/v1/completions", R"({"prompt":"Hello","max_tokens":4})").status,
+            200);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+  EXPECT_NE(server.log().find("stopped"), std::string::npos) << server.log();
+}
+
+TEST(ServeCommand, RefusesBadFlags) {
+  for (const char* flags : {"--kv-budget lots", "--kv-budget 0", "--max-seqs 0", "--port 70000",
+                            "--save-subspace /tmp/x.bin --kv squat"}) {
+    const auto r = testing::run_squat("serve -m " + kModel + " " + flags);
+    EXPECT_EQ(r.status, 2) << flags << ": " << r.output;
+  }
+}
+
+}  // namespace
+}  // namespace squat
