@@ -188,6 +188,7 @@ void run_quant_from_model(FromModelOptions o) {
   so.lambda = cfg.lambda;
   so.quant_group_size = cfg.quant_group_size;
   so.power_method = cfg.power_method;
+  so.power_iterations = cfg.power_iterations;
   const RopeSpec rope = model->rope();
   const auto rope_layout = rope.neox ? kernels::RopeLayout::Neox : kernels::RopeLayout::Normal;
 
