@@ -150,17 +150,22 @@ QuantizedChunk squat_quantize_chunk(const float* keys, std::size_t n, std::size_
                                     const SquatState& state);
 
 // A set of states (e.g. layers x KV heads, in the caller's order) saved to / loaded from a file.
-// Format (little endian): magic "SQUATST\0", u32 version (1), u32 count, then per state
-// u32 d, u32 g, u8 identity, and unless identity the doubles of P and H_1..H_{T-1};
-// then a u64 FNV-1a checksum of everything before it. Loading checks magic, version, sizes,
-// finiteness and the checksum and fails (squat::fail) with a message naming the file.
+// Format (little endian): magic "SQUATST\0", u32 version (2), u32 tag length and the tag's bytes
+// (free text naming what the states were made for, e.g. the model; at most 4096 bytes; version
+// 1 files have no tag), u32 count, then per state u32 d, u32 g, u8 identity, and unless
+// identity the doubles of P and H_1..H_{T-1}; then a u64 FNV-1a checksum of everything before
+// it. Loading checks magic, version, sizes, finiteness and the checksum and fails
+// (squat::fail) with a message naming the file. Saving replaces the file atomically.
 class SquatStateFile {
  public:
-  static void save(const std::string& path, const std::vector<SquatState>& states);
-  static std::vector<SquatState> load(const std::string& path);
-  static std::vector<uint8_t> serialize(const std::vector<SquatState>& states);
+  static void save(const std::string& path, const std::vector<SquatState>& states,
+                   const std::string& tag = {});
+  // `tag`, when given, receives the file's tag (empty for version 1 files).
+  static std::vector<SquatState> load(const std::string& path, std::string* tag = nullptr);
+  static std::vector<uint8_t> serialize(const std::vector<SquatState>& states,
+                                        const std::string& tag = {});
   static std::vector<SquatState> deserialize(const std::vector<uint8_t>& bytes,
-                                             const std::string& name);
+                                             const std::string& name, std::string* tag = nullptr);
 };
 
 }  // namespace squat::kv

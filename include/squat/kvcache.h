@@ -194,9 +194,11 @@ class KvCache {
   double bits_per_element() const;
   void clear();
   void reserve(std::size_t n_tokens);  // every layer
-  // SQuat states of all layers (layer-major, then KV head) to / from a file.
-  void save_states(const std::string& path) const;
-  void load_states(const std::string& path);
+  // SQuat states of all layers (layer-major, then KV head) to / from a file. `tag` names what
+  // they were made for (the engine passes a model fingerprint); loading with a non-empty
+  // expected tag refuses a file tagged for something else (untagged files are accepted).
+  void save_states(const std::string& path, const std::string& tag = {}) const;
+  void load_states(const std::string& path, const std::string& expected_tag = {});
 
  private:
   CacheConfig config_;

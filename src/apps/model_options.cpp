@@ -1,9 +1,13 @@
 #include "apps/model_options.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <filesystem>
 #include <thread>
 
 #include "core/error.h"
+#include "model/fingerprint.h"
 #include "model/store_cache.h"
 
 namespace squat::apps {
@@ -166,9 +170,33 @@ void ModelOptions::check_flags(const std::vector<std::string>& methods) const {
   }
 }
 
+namespace {
+
+// The subspace is saved after generation; a path that cannot be written would otherwise be
+// reported only after all the work was done.
+void refuse_unwritable_subspace_path(const std::string& path) {
+  if (path.empty()) return;
+  const std::filesystem::path target(path);
+  const std::filesystem::path dir =
+      target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
+  std::error_code error;
+  if (!std::filesystem::is_directory(dir, error)) {
+    fail_usage("--save-subspace {}: the folder {} does not exist", path, dir.string());
+  }
+  if (std::filesystem::is_directory(target, error)) {
+    fail_usage("--save-subspace {}: is a folder, expected a file name", path);
+  }
+  if (::access(dir.c_str(), W_OK) != 0) {
+    fail_usage("--save-subspace {}: the folder {} is not writable", path, dir.string());
+  }
+}
+
+}  // namespace
+
 LoadedModel load_model(const ModelOptions& options) {
   LoadedModel loaded;
   options.check_flags();
+  refuse_unwritable_subspace_path(options.save_subspace);
   loaded.model = Model::load(options.model_path);
   options.cache_config(loaded.model->config().head_dim);  // refuse bad cache flags early
   loaded.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_gguf(loaded.model->file()));
@@ -183,7 +211,8 @@ std::unique_ptr<InferenceContext> make_context(const Model& model, const ModelOp
                                                ThreadPool& pool, int max_tokens) {
   auto cache = std::make_unique<StoreCache>(model.kv_shape(max_tokens), model.rope(),
                                             options.cache_config(model.config().head_dim),
-                                            options.load_subspace);
+                                            options.load_subspace,
+                                            model_fingerprint(model.file()));
   const int batch = options.batch > 0 ? options.batch : max_tokens;
   return std::make_unique<InferenceContext>(model, std::move(cache), pool, batch);
 }

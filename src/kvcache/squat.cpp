@@ -11,6 +11,8 @@
 #include <random>
 
 #include "core/error.h"
+#include "core/files.h"
+#include "core/hash.h"
 #include "kvcache/internal.h"
 #include "kvcache/simd.h"
 #include "squat/kv_quant.h"
@@ -216,16 +218,9 @@ void quantize_chunk_into(const float* keys, std::size_t n, std::size_t d, int bi
 namespace {
 
 constexpr char kMagic[8] = {'S', 'Q', 'U', 'A', 'T', 'S', 'T', '\0'};
-constexpr uint32_t kVersion = 1;
-
-uint64_t fnv1a(const uint8_t* p, std::size_t n) {
-  uint64_t h = 1469598103934665603ull;
-  for (std::size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= 1099511628211ull;
-  }
-  return h;
-}
+// Version 2 added the tag (who the states were made for); version 1 files load with an empty tag.
+constexpr uint32_t kVersion = 2;
+constexpr uint32_t kMaxTagBytes = 4096;
 
 template <typename T>
 void put(std::vector<uint8_t>& out, T v) {
@@ -251,10 +246,20 @@ struct Reader {
 
 }  // namespace
 
-std::vector<uint8_t> SquatStateFile::serialize(const std::vector<SquatState>& states) {
+std::vector<uint8_t> SquatStateFile::serialize(const std::vector<SquatState>& states,
+                                               const std::string& tag) {
+  if (tag.size() > kMaxTagBytes) {
+    fail("SQuat state file tag is {} bytes, at most {} are allowed", tag.size(), kMaxTagBytes);
+  }
   std::vector<uint8_t> out(8);
   std::memcpy(out.data(), kMagic, 8);
   put<uint32_t>(out, kVersion);
+  put<uint32_t>(out, uint32_t(tag.size()));
+  if (!tag.empty()) {  // resize + memcpy: GCC 12 misreports insert() here (-Warray-bounds)
+    const std::size_t at = out.size();
+    out.resize(at + tag.size());
+    std::memcpy(out.data() + at, tag.data(), tag.size());
+  }
   put<uint32_t>(out, uint32_t(states.size()));
   for (const SquatState& s : states) {
     put<uint32_t>(out, uint32_t(s.d_));
@@ -270,7 +275,7 @@ std::vector<uint8_t> SquatStateFile::serialize(const std::vector<SquatState>& st
 }
 
 std::vector<SquatState> SquatStateFile::deserialize(const std::vector<uint8_t>& bytes,
-                                                    const std::string& name) {
+                                                    const std::string& name, std::string* tag) {
   if (bytes.size() < 8 + 4 + 4 + 8 || std::memcmp(bytes.data(), kMagic, 8) != 0) {
     fail("{} is not a SQuat state file (bad magic or too short)", name);
   }
@@ -279,12 +284,23 @@ std::vector<SquatState> SquatStateFile::deserialize(const std::vector<uint8_t>& 
   std::memcpy(&stored, bytes.data() + body, 8);
   Reader r{bytes, 8, body, name};
   const uint32_t version = r.get<uint32_t>("version");
-  if (version != kVersion) {
-    fail("SQuat state file {}: version {} is not supported (expected {})", name, version, kVersion);
+  if (version != 1 && version != kVersion) {
+    fail("SQuat state file {}: version {} is not supported (expected 1 or {})", name, version,
+         kVersion);
   }
   if (fnv1a(bytes.data(), body) != stored) {
     fail("SQuat state file {}: checksum mismatch (file is corrupt)", name);
   }
+  std::string file_tag;
+  if (version >= 2) {
+    const uint32_t length = r.get<uint32_t>("tag length");
+    if (length > kMaxTagBytes || r.end - r.pos < length) {
+      fail("SQuat state file {}: invalid tag length {}", name, length);
+    }
+    file_tag.assign(reinterpret_cast<const char*>(bytes.data() + r.pos), length);
+    r.pos += length;
+  }
+  if (tag) *tag = file_tag;
   const uint32_t count = r.get<uint32_t>("count");
   std::vector<SquatState> states;
   for (uint32_t k = 0; k < count; ++k) {
@@ -320,26 +336,18 @@ std::vector<SquatState> SquatStateFile::deserialize(const std::vector<uint8_t>& 
   return states;
 }
 
-void SquatStateFile::save(const std::string& path, const std::vector<SquatState>& states) {
-  const std::vector<uint8_t> bytes = serialize(states);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) fail("cannot write SQuat state file {}", path);
-    f.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
-    if (!f) fail("cannot write SQuat state file {}", path);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    fail("cannot write SQuat state file {}", path);
-  }
+void SquatStateFile::save(const std::string& path, const std::vector<SquatState>& states,
+                          const std::string& tag) {
+  const std::vector<uint8_t> bytes = serialize(states, tag);
+  write_file_atomically(
+      path, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
 }
 
-std::vector<SquatState> SquatStateFile::load(const std::string& path) {
+std::vector<SquatState> SquatStateFile::load(const std::string& path, std::string* tag) {
   std::ifstream f(path, std::ios::binary);
   if (!f) fail("cannot open SQuat state file {}", path);
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  return deserialize(bytes, path);
+  return deserialize(bytes, path, tag);
 }
 
 }  // namespace squat::kv

@@ -921,17 +921,21 @@ void KvCache::clear() {
   for (LayerCache& l : layers_) l.clear();
 }
 
-void KvCache::save_states(const std::string& path) const {
+void KvCache::save_states(const std::string& path, const std::string& tag) const {
   std::vector<SquatState> all;
   for (const LayerCache& l : layers_) {
     if (!l.has_states()) fail("cannot save SQuat states: a layer has none yet");
     all.insert(all.end(), l.states().begin(), l.states().end());
   }
-  SquatStateFile::save(path, all);
+  SquatStateFile::save(path, all, tag);
 }
 
-void KvCache::load_states(const std::string& path) {
-  std::vector<SquatState> all = SquatStateFile::load(path);
+void KvCache::load_states(const std::string& path, const std::string& expected_tag) {
+  std::string tag;
+  std::vector<SquatState> all = SquatStateFile::load(path, &tag);
+  if (!expected_tag.empty() && !tag.empty() && tag != expected_tag) {
+    fail("SQuat state file {} was made for {}, not for {}", path, tag, expected_tag);
+  }
   const std::size_t per = std::size_t(layers_.at(0).n_kv_heads());
   if (all.size() != per * layers_.size()) {
     fail("SQuat state file {} holds {} states, the cache needs {} ({} layers x {} KV heads)", path,

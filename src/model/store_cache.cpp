@@ -17,18 +17,19 @@ kv::RopeSpec library_rope(const RopeSpec& rope) {
 }  // namespace
 
 StoreCache::StoreCache(const KvShape& shape, const RopeSpec& rope, const kv::CacheConfig& config,
-                       const std::string& subspace_file)
+                       const std::string& subspace_file, const std::string& model_tag)
     : shape_(shape),
       rope_(rope),
       config_((config.validate(shape.head_dim), config)),
-      store_(config, shape.n_layers, shape.n_kv_heads, shape.head_dim, library_rope(rope)) {
+      store_(config, shape.n_layers, shape.n_kv_heads, shape.head_dim, library_rope(rope)),
+      model_tag_(model_tag) {
   for (int l = 0; l < shape.n_layers; ++l) store_.layer(l).reserve(std::size_t(shape.max_tokens));
   if (!subspace_file.empty()) {
     if (config.method != kv::CacheMethod::Squat) {
       fail_usage("--load-subspace needs --kv squat (the cache method is {})",
                  kv::to_string(config.method));
     }
-    store_.load_states(subspace_file);
+    store_.load_states(subspace_file, model_tag_);
     states_from_file_ = true;
   }
 }
@@ -93,6 +94,8 @@ void StoreCache::clear() {
   }
 }
 
-void StoreCache::save_subspace(const std::string& path) const { store_.save_states(path); }
+void StoreCache::save_subspace(const std::string& path) const {
+  store_.save_states(path, model_tag_);
+}
 
 }  // namespace squat

@@ -17,8 +17,10 @@ namespace squat {
 class StoreCache final : public AttentionCache {
  public:
   // `subspace_file`: SQuat states to load instead of computing them from the prompt.
+  // `model_tag` (model_fingerprint) is written into saved subspace files, and a loaded file
+  // tagged for another model is refused.
   StoreCache(const KvShape& shape, const RopeSpec& rope, const kv::CacheConfig& config,
-             const std::string& subspace_file = "");
+             const std::string& subspace_file = "", const std::string& model_tag = "");
 
   bool wants_queries(int layer) const override;
   void observe_queries(int layer, const float* q_before_rope, const float* q_after_rope, int n,
@@ -42,6 +44,7 @@ class StoreCache final : public AttentionCache {
   RopeSpec rope_;
   kv::CacheConfig config_;
   kv::KvCache store_;
+  std::string model_tag_;
   // The prompt batch of the current layer: rotated keys, and values (the model's buffer, valid
   // until attend), so the prompt attends to itself in full precision.
   std::vector<float> batch_keys_;

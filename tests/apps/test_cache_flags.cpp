@@ -210,6 +210,27 @@ TEST_F(CacheFlags, SavedSubspaceReproducesTheGeneration) {
       "run" + model() + "-p hi -n 1 --kv squat --quant-group-size 16 --load-subspace " + file);
   EXPECT_EQ(other_block.status, 2) << other_block.err;
   EXPECT_NE(other_block.err.find("does not match"), std::string::npos) << other_block.err;
+  // The file names the model it was made for (its fingerprint).
+  std::string tag;
+  squat::kv::SquatStateFile::load(file, &tag);
+  EXPECT_NE(tag.find("(llama, 272 tensors, weights "), std::string::npos) << tag;
+  std::filesystem::remove(file);
+}
+
+// Same shape, another model: refused by the fingerprint, not silently used.
+TEST_F(CacheFlags, SubspaceFileOfAnotherModelIsRefused) {
+  const std::string file = temp_path("other_model.squatst");
+  const std::string other = "model 'Other' (llama, 272 tensors, weights 0123456789abcdef)";
+  squat::kv::SquatStateFile::save(
+      file,
+      std::vector<squat::kv::SquatState>(kLayers * kKvHeads,
+                                         squat::kv::SquatState::identity(64, 32)),
+      other);
+  const Result r = squat("run" + model() + "-p hi -n 1 --kv squat --load-subspace " + file);
+  EXPECT_EQ(r.status, 1) << r.err;
+  EXPECT_NE(r.err.find("was made for " + other + ", not for model '"), std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.out, "");
   std::filesystem::remove(file);
 }
 
@@ -271,6 +292,8 @@ TEST_F(CacheFlags, BadValuesAndCombinationsAreRefused) {
       {"--kv kivi --power-method", "--power-method does not apply"},
       {"--kv kivi --quant-group-size 16", "--quant-group-size does not apply"},
       {"--kv kivi --save-subspace x.squatst", "--save-subspace does not apply"},
+      {"--kv squat --save-subspace /nonexistent/dir/s.squatst", "does not exist"},
+      {"--kv squat --save-subspace /", "is a folder"},
       {"--kv squat --load-subspace /nonexistent/file", "--load-subspace"},
       {"--kv squat --load-subspace " + exists + " --save-subspace y", "exclude each other"},
       {"--kv squat --load-subspace " + exists + " --lambda 0.1", "--lambda does not apply with"},

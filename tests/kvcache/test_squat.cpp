@@ -5,6 +5,7 @@
 #include <Eigen/Dense>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <vector>
@@ -343,9 +344,52 @@ TEST(Squat, StateFileRoundTripsAndRejectsCorruption) {
   magic[0] = 'X';
   rejects(magic, "magic");
   std::vector<uint8_t> version = good;
-  version[8] = 2;
+  version[8] = 9;
   rejects(version, "version");
   rejects({}, "empty");
   EXPECT_THROW(SquatStateFile::load(path + ".missing"), squat::Error);
   std::remove(path.c_str());
+}
+
+uint64_t fnv1a_64(const uint8_t* p, std::size_t n) {  // FNV-1a as published (64-bit)
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+TEST(Squat, StateFileKeepsItsTagAndReadsVersionOneFiles) {
+  const std::vector<SquatState> states{SquatState::identity(64, 32)};
+  const std::string tag = "model 'x' (llama, 3 tensors, weights 00ff)";
+  const std::vector<uint8_t> bytes = SquatStateFile::serialize(states, tag);
+  std::string back;
+  ASSERT_EQ(SquatStateFile::deserialize(bytes, "t.bin", &back).size(), 1u);
+  EXPECT_EQ(back, tag);
+  // Layout: magic (8), version (4), tag length (4), tag, ...
+  uint32_t length = 0;
+  std::memcpy(&length, bytes.data() + 12, 4);
+  EXPECT_EQ(length, tag.size());
+  EXPECT_EQ(std::string(bytes.begin() + 16, bytes.begin() + 16 + std::ptrdiff_t(tag.size())), tag);
+
+  // A version 1 file (no tag field) written by hand: still loads, with an empty tag.
+  // (Appends by resize + memcpy: GCC 12 misreports vector::insert here, -Warray-bounds.)
+  std::vector<uint8_t> v1;
+  auto append = [&v1](const void* p, std::size_t n) {
+    const std::size_t at = v1.size();
+    v1.resize(at + n);
+    std::memcpy(v1.data() + at, p, n);
+  };
+  const uint32_t one = 1;
+  const std::size_t states_at = 16 + tag.size();
+  append(bytes.data(), 8);
+  append(&one, 4);
+  append(bytes.data() + states_at, bytes.size() - 8 - states_at);
+  const uint64_t sum = fnv1a_64(v1.data(), v1.size());
+  append(&sum, 8);
+  back = "not cleared";
+  const std::vector<SquatState> old = SquatStateFile::deserialize(v1, "v1.bin", &back);
+  ASSERT_EQ(old.size(), 1u);
+  EXPECT_TRUE(old[0] == states[0]);
+  EXPECT_EQ(back, "");
+
+  EXPECT_THROW(SquatStateFile::serialize(states, std::string(5000, 'x')), squat::Error);
 }

@@ -444,6 +444,21 @@ TEST(KvStore, WholeCacheStatesSaveAndLoad) {
   EXPECT_EQ(b.bytes(), 0u);
   KvCache wrong(cfg, layers + 1, n_kv, d, make_rope(d, RopeLayout::Normal));
   EXPECT_THROW(wrong.load_states(path), squat::Error);
+
+  // Tagged files load only where the expected tag matches; untagged ones load anywhere.
+  a.save_states(path, "model A");
+  EXPECT_NO_THROW(b.load_states(path, "model A"));
+  EXPECT_NO_THROW(b.load_states(path));
+  try {
+    b.load_states(path, "model B");
+    ADD_FAILURE() << "a file made for model A loaded as model B";
+  } catch (const squat::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("was made for model A, not for model B"),
+              std::string::npos)
+        << e.what();
+  }
+  a.save_states(path);
+  EXPECT_NO_THROW(b.load_states(path, "model B"));
   std::remove(path.c_str());
 }
 
