@@ -248,6 +248,154 @@ bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_
 #endif
 }
 
+// One flash-attention tile: up to 4 query rows at a time share each key and value load. Per
+// row the arithmetic is exactly the decode path's (block_logits' Dot, exp_sum, accumulate), so
+// a prompt attending through the store gets the same bits as its tokens fed one at a time.
+void FlashTileImpl(const float* HWY_RESTRICT qs, std::size_t rows, const std::size_t* vis,
+                   const float* HWY_RESTRICT k, std::size_t ldk, const float* HWY_RESTRICT v,
+                   std::size_t ldv, std::size_t nb, std::size_t D, float scale, float* part,
+                   std::size_t pstride, float* work) {
+  const hn::ScalableTag<float> df;
+  const std::size_t N = hn::Lanes(df);
+  float* HWY_RESTRICT S = work;               // [rows][nb] logits, then probabilities
+  float* HWY_RESTRICT corr = S + rows * nb;   // [rows] rescale of the old accumulator
+  for (std::size_t r0 = 0; r0 < rows; r0 += 4) {
+    // A last group of fewer than 4 rows repeats its last row (computed, not stored).
+    const std::size_t R = std::min<std::size_t>(4, rows - r0);
+    std::size_t tmax = 0;
+    for (std::size_t r = r0; r < r0 + R; ++r) tmax = std::max(tmax, std::min(vis[r], nb));
+    const std::size_t i1 = r0 + std::min<std::size_t>(1, R - 1);
+    const std::size_t i2 = r0 + std::min<std::size_t>(2, R - 1);
+    const std::size_t i3 = r0 + std::min<std::size_t>(3, R - 1);
+    const float* q0 = qs + r0 * D;
+    const float* q1 = qs + i1 * D;
+    const float* q2 = qs + i2 * D;
+    const float* q3 = qs + i3 * D;
+    float* s0 = S + r0 * nb;
+    float* s1 = S + i1 * nb;
+    float* s2 = S + i2 * nb;
+    float* s3 = S + i3 * nb;
+    // Logits, Dot's order per row: two accumulators over pairs of vectors, then the lanes.
+    for (std::size_t t = 0; t < tmax; ++t) {
+      const float* kr = k + t * ldk;
+      auto a0 = hn::Zero(df), b0 = hn::Zero(df), a1 = hn::Zero(df), b1 = hn::Zero(df);
+      auto a2 = hn::Zero(df), b2 = hn::Zero(df), a3 = hn::Zero(df), b3 = hn::Zero(df);
+      std::size_t i = 0;
+      for (; i + 2 * N <= D; i += 2 * N) {
+        const auto k0 = hn::LoadU(df, kr + i), k1 = hn::LoadU(df, kr + i + N);
+        a0 = hn::MulAdd(hn::LoadU(df, q0 + i), k0, a0);
+        b0 = hn::MulAdd(hn::LoadU(df, q0 + i + N), k1, b0);
+        a1 = hn::MulAdd(hn::LoadU(df, q1 + i), k0, a1);
+        b1 = hn::MulAdd(hn::LoadU(df, q1 + i + N), k1, b1);
+        a2 = hn::MulAdd(hn::LoadU(df, q2 + i), k0, a2);
+        b2 = hn::MulAdd(hn::LoadU(df, q2 + i + N), k1, b2);
+        a3 = hn::MulAdd(hn::LoadU(df, q3 + i), k0, a3);
+        b3 = hn::MulAdd(hn::LoadU(df, q3 + i + N), k1, b3);
+      }
+      for (; i + N <= D; i += N) {
+        const auto k0 = hn::LoadU(df, kr + i);
+        a0 = hn::MulAdd(hn::LoadU(df, q0 + i), k0, a0);
+        a1 = hn::MulAdd(hn::LoadU(df, q1 + i), k0, a1);
+        a2 = hn::MulAdd(hn::LoadU(df, q2 + i), k0, a2);
+        a3 = hn::MulAdd(hn::LoadU(df, q3 + i), k0, a3);
+      }
+      float d0 = hn::GetLane(hn::SumOfLanes(df, hn::Add(a0, b0)));
+      float d1 = hn::GetLane(hn::SumOfLanes(df, hn::Add(a1, b1)));
+      float d2 = hn::GetLane(hn::SumOfLanes(df, hn::Add(a2, b2)));
+      float d3 = hn::GetLane(hn::SumOfLanes(df, hn::Add(a3, b3)));
+      for (; i < D; ++i) {
+        d0 += q0[i] * kr[i];
+        d1 += q1[i] * kr[i];
+        d2 += q2[i] * kr[i];
+        d3 += q3[i] * kr[i];
+      }
+      s0[t] = d0 * scale;
+      if (R > 1) s1[t] = d1 * scale;
+      if (R > 2) s2[t] = d2 * scale;
+      if (R > 3) s3[t] = d3 * scale;
+    }
+    // Online softmax per row over its visible prefix; probabilities past it are 0, which
+    // leaves the value sums below exactly as the decode path's.
+    for (std::size_t r = r0; r < r0 + R; ++r) {
+      float* s = S + r * nb;
+      float* p = part + r * pstride;
+      const std::size_t vr = std::min(vis[r], nb);
+      corr[r] = 1.0f;
+      if (vr > 0) {
+        float bmax = s[0];
+        for (std::size_t t = 1; t < vr; ++t) bmax = std::max(bmax, s[t]);
+        const float m_new = std::max(p[0], bmax);
+        corr[r] = std::exp(p[0] - m_new);  // 0 when the old max was -inf
+        const float psum = ExpSumImpl(s, vr, m_new);
+        p[1] = softmax_sum_update(p[1], corr[r], psum);
+        p[0] = m_new;
+      }
+      for (std::size_t t = vr; t < tmax; ++t) s[t] = 0.0f;
+    }
+    // Values: acc * corr + sum_t p[t] v[t], per channel vector, rows sharing each load.
+    const float* p0 = s0;
+    const float* p1 = s1;
+    const float* p2 = s2;
+    const float* p3 = s3;
+    float* o0 = part + r0 * pstride + 2;
+    float* o1 = part + i1 * pstride + 2;
+    float* o2 = part + i2 * pstride + 2;
+    float* o3 = part + i3 * pstride + 2;
+    const auto c0 = hn::Set(df, corr[r0]), c1 = hn::Set(df, corr[i1]);
+    const auto c2 = hn::Set(df, corr[i2]), c3 = hn::Set(df, corr[i3]);
+    std::size_t c = 0;
+    for (; c + 2 * N <= D; c += 2 * N) {
+      auto a00 = hn::Mul(hn::LoadU(df, o0 + c), c0), a01 = hn::Mul(hn::LoadU(df, o0 + c + N), c0);
+      auto a10 = hn::Mul(hn::LoadU(df, o1 + c), c1), a11 = hn::Mul(hn::LoadU(df, o1 + c + N), c1);
+      auto a20 = hn::Mul(hn::LoadU(df, o2 + c), c2), a21 = hn::Mul(hn::LoadU(df, o2 + c + N), c2);
+      auto a30 = hn::Mul(hn::LoadU(df, o3 + c), c3), a31 = hn::Mul(hn::LoadU(df, o3 + c + N), c3);
+      for (std::size_t t = 0; t < tmax; ++t) {
+        const float* vr = v + t * ldv + c;
+        const auto v0 = hn::LoadU(df, vr), v1 = hn::LoadU(df, vr + N);
+        const auto w0 = hn::Set(df, p0[t]), w1 = hn::Set(df, p1[t]);
+        const auto w2 = hn::Set(df, p2[t]), w3 = hn::Set(df, p3[t]);
+        a00 = hn::MulAdd(w0, v0, a00);
+        a01 = hn::MulAdd(w0, v1, a01);
+        a10 = hn::MulAdd(w1, v0, a10);
+        a11 = hn::MulAdd(w1, v1, a11);
+        a20 = hn::MulAdd(w2, v0, a20);
+        a21 = hn::MulAdd(w2, v1, a21);
+        a30 = hn::MulAdd(w3, v0, a30);
+        a31 = hn::MulAdd(w3, v1, a31);
+      }
+      hn::StoreU(a00, df, o0 + c);
+      hn::StoreU(a01, df, o0 + c + N);
+      if (R > 1) hn::StoreU(a10, df, o1 + c), hn::StoreU(a11, df, o1 + c + N);
+      if (R > 2) hn::StoreU(a20, df, o2 + c), hn::StoreU(a21, df, o2 + c + N);
+      if (R > 3) hn::StoreU(a30, df, o3 + c), hn::StoreU(a31, df, o3 + c + N);
+    }
+    for (; c + N <= D; c += N) {
+      auto a0 = hn::Mul(hn::LoadU(df, o0 + c), c0), a1 = hn::Mul(hn::LoadU(df, o1 + c), c1);
+      auto a2 = hn::Mul(hn::LoadU(df, o2 + c), c2), a3 = hn::Mul(hn::LoadU(df, o3 + c), c3);
+      for (std::size_t t = 0; t < tmax; ++t) {
+        const auto v0 = hn::LoadU(df, v + t * ldv + c);
+        a0 = hn::MulAdd(hn::Set(df, p0[t]), v0, a0);
+        a1 = hn::MulAdd(hn::Set(df, p1[t]), v0, a1);
+        a2 = hn::MulAdd(hn::Set(df, p2[t]), v0, a2);
+        a3 = hn::MulAdd(hn::Set(df, p3[t]), v0, a3);
+      }
+      hn::StoreU(a0, df, o0 + c);
+      if (R > 1) hn::StoreU(a1, df, o1 + c);
+      if (R > 2) hn::StoreU(a2, df, o2 + c);
+      if (R > 3) hn::StoreU(a3, df, o3 + c);
+    }
+    for (; c < D; ++c) {  // channels past the last whole vector, as AccumulateImpl's tail
+      for (std::size_t r = r0; r < r0 + R; ++r) {
+        float* o = part + r * pstride + 2;
+        const float* pr = S + r * nb;
+        float a = o[c] * corr[r];
+        for (std::size_t t = 0; t < tmax; ++t) a += pr[t] * v[t * ldv + c];
+        o[c] = a;
+      }
+    }
+  }
+}
+
 void AccumulateImpl(float* acc, float corr, const float* p, const float* v, std::size_t nb,
                     std::size_t dim) {
   const hn::ScalableTag<float> d;
@@ -450,6 +598,7 @@ HWY_EXPORT(GemmAccImpl);
 HWY_EXPORT(F16ToF32Impl);
 HWY_EXPORT(UnpackImpl);
 HWY_EXPORT(FusedBlockImpl);
+HWY_EXPORT(FlashTileImpl);
 
 std::size_t fused_work_floats(std::size_t nb, std::size_t d, std::size_t G) {
   const std::size_t ng = d / G;
@@ -512,6 +661,47 @@ void fused_block_reference(const FusedBlock& b, const float* const* q, const std
     }
     p[1] = p[1] * corr + psum;
     p[0] = m_new;
+  }
+}
+
+std::size_t flash_work_floats(std::size_t rows, std::size_t nb, std::size_t /*d*/) {
+  return rows * nb + rows;
+}
+
+void flash_tile(const float* qs, std::size_t rows, const std::size_t* vis, const float* k,
+                std::size_t ldk, const float* v, std::size_t ldv, std::size_t nb, std::size_t d,
+                float scale, float* part, std::size_t pstride, float* work) {
+  HWY_DYNAMIC_DISPATCH(FlashTileImpl)
+  (qs, rows, vis, k, ldk, v, ldv, nb, d, scale, part, pstride, work);
+}
+
+void flash_tile_reference(const float* qs, std::size_t rows, const std::size_t* vis,
+                          const float* k, std::size_t ldk, const float* v, std::size_t ldv,
+                          std::size_t nb, std::size_t d, float scale, float* part,
+                          std::size_t pstride) {
+  std::vector<double> s(nb);
+  for (std::size_t r = 0; r < rows; ++r) {
+    const std::size_t vr = std::min(vis[r], nb);
+    if (vr == 0) continue;
+    float* p = part + r * pstride;
+    double bmax = -std::numeric_limits<double>::infinity();
+    for (std::size_t t = 0; t < vr; ++t) {
+      double dot = 0.0;
+      for (std::size_t c = 0; c < d; ++c) dot += double(qs[r * d + c]) * double(k[t * ldk + c]);
+      s[t] = dot * double(scale);
+      bmax = std::max(bmax, s[t]);
+    }
+    const double m_new = std::max(double(p[0]), bmax);
+    const double corr = std::exp(double(p[0]) - m_new);
+    double psum = 0.0;
+    for (std::size_t c = 0; c < d; ++c) {
+      double a = double(p[2 + c]) * corr;
+      for (std::size_t t = 0; t < vr; ++t) a += std::exp(s[t] - m_new) * double(v[t * ldv + c]);
+      p[2 + c] = float(a);
+    }
+    for (std::size_t t = 0; t < vr; ++t) psum += std::exp(s[t] - m_new);
+    p[1] = float(double(p[1]) * corr + psum);
+    p[0] = float(m_new);
   }
 }
 

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "kvcache/internal.h"
+#include "kvcache/simd.h"
 #include "squat/kvcache.h"
 
 namespace squat::kv {
@@ -171,3 +172,9 @@ void attention_dense(const float* q, std::size_t n_q, int n_heads, const int* q_
 }
 
 }  // namespace squat::kv
+
+namespace squat::kv::simd {
+
+float softmax_sum_update(float l, float corr, float psum) { return l * corr + psum; }
+
+}  // namespace squat::kv::simd

@@ -56,6 +56,26 @@ bool fused_block(const FusedBlock& b, const float* const* q, const std::size_t* 
 void fused_block_reference(const FusedBlock& b, const float* const* q, const std::size_t* vis,
                            std::size_t rows, float scale, float* const* part);
 
+// l * corr + psum: the softmax sum's update, computed out of line (rope.cpp) so that the
+// prefill tiles (built for FMA targets, where the compiler may fuse it) and the decode path
+// (store.cpp) round it alike.
+float softmax_sum_update(float l, float corr, float psum);
+
+// One tile of flash attention (prefill): `rows` query rows qs[r*d ..] against nb keys
+// k + t*ldk and values v + t*ldv (d floats each), logits scaled by `scale`. Row r sees the
+// first vis[r] keys of the tile (a causal prefix; 0: untouched). part + r*pstride holds the
+// row's (max, sum, acc[d]) and is updated by the online softmax, with per row exactly the
+// arithmetic of block_logits + exp_sum + accumulate. work: flash_work_floats.
+void flash_tile(const float* qs, std::size_t rows, const std::size_t* vis, const float* k,
+                std::size_t ldk, const float* v, std::size_t ldv, std::size_t nb, std::size_t d,
+                float scale, float* part, std::size_t pstride, float* work);
+std::size_t flash_work_floats(std::size_t rows, std::size_t nb, std::size_t d);
+// Scalar reference of flash_tile (double-precision sums, same contract).
+void flash_tile_reference(const float* qs, std::size_t rows, const std::size_t* vis,
+                          const float* k, std::size_t ldk, const float* v, std::size_t ldv,
+                          std::size_t nb, std::size_t d, float scale, float* part,
+                          std::size_t pstride);
+
 // out[i] = float(code i) of n codes packed at `bits` bits (kv_quant.h packing convention).
 void unpack_f32(const uint8_t* packed, std::size_t n, int bits, float* out);
 

@@ -193,6 +193,14 @@ struct LayerCache::Impl {
   // (query i, repeat r) at part + row*(D+2): max, sum, accumulator[D].
   void attend_range(int h, const float* q, std::size_t n_q, int n_heads, const int* q_pos,
                     std::size_t t0, std::size_t t1, float* part) const;
+  // Fills fb for the fused kernel over block [b0, b0 + nb) of head h (params: 2*D + 2*nb*D/G
+  // floats; codes padded through kpad/vpad when needed).
+  void fused_setup(int h, std::size_t b0, std::size_t nb, simd::FusedBlock& fb, float* params,
+                   std::vector<uint8_t>& kpad, std::vector<uint8_t>& vpad) const;
+  // Prefill: queries [i0, i1) of KV head h's group over their visible tokens, flash-attention
+  // tiles (query rows of the group x a block of keys loaded as floats), written to out.
+  void attend_tiles(int h, const float* q, std::size_t i0, std::size_t i1, int n_heads,
+                    const int* q_pos, float* out) const;
   // Merges n_split partials of one row into o (and undoes the Hadamard rotation).
   void finish_row(const float* part, std::size_t n_split, std::size_t split_stride, float* o) const;
 };
@@ -497,11 +505,11 @@ namespace {
 // Per-thread attention scratch: token blocks of keys/values as floats, logits, dequantization
 // parameters, and (on the calling thread) the partials of all tasks.
 struct AttnScratch {
-  std::vector<float> kb, vb, s, tmp, part, params, work;
+  std::vector<float> kb, vb, s, tmp, part, params, work, qs, tpart, fwork;
   std::vector<uint8_t> kpad, vpad;
   std::vector<const float*> qptr;
   std::vector<float*> pptr;
-  std::vector<std::size_t> vis;
+  std::vector<std::size_t> vis, tvis;
 };
 AttnScratch& attn_scratch() {
   thread_local AttnScratch scratch;
@@ -525,7 +533,8 @@ const uint8_t* padded_codes(const std::vector<uint8_t>& codes, std::size_t offse
 
 constexpr std::size_t kSplitTokens = 128;    // shortest token range of a task
 constexpr std::size_t kMaxSplits = 16;       // token ranges per KV head at most
-constexpr std::size_t kSplitMaxQueries = 4;  // more queries (prefill): one task per KV head
+constexpr std::size_t kSplitMaxQueries = 4;  // more queries (prefill): tiles (attend_tiles)
+constexpr std::size_t kTileRows = 48;        // prefill: query rows (queries x group heads) per task
 
 // Merges n partials (m, l, acc[D]) spaced `stride` floats apart into o[D].
 void merge_partials(const float* part, std::size_t n, std::size_t stride, std::size_t D, float* o) {
@@ -550,6 +559,33 @@ void merge_partials(const float* part, std::size_t n, std::size_t stride, std::s
 }  // namespace
 
 std::size_t LayerCache::Impl::block() const { return kivi_like ? std::size_t(G) : 32; }
+
+void LayerCache::Impl::fused_setup(int h, std::size_t b0, std::size_t nb, simd::FusedBlock& fb,
+                                   float* prm, std::vector<uint8_t>& kpad,
+                                   std::vector<uint8_t>& vpad) const {
+  const std::size_t Dd = D(), ng = Dd / std::size_t(G);
+  const std::size_t krb = Dd * std::size_t(kbits) / 8, vrb = Dd * std::size_t(vbits) / 8;
+  const HeadStore& hs = heads[std::size_t(h)];
+  fb.kcodes = padded_codes(hs.kq.codes, b0 * krb, nb * krb, kpad);
+  fb.vcodes = padded_codes(hs.vq.codes, b0 * vrb, nb * vrb, vpad);
+  hs.kq.scale.get(b0 / std::size_t(G) * Dd, Dd, prm);
+  hs.kq.min.get(b0 / std::size_t(G) * Dd, Dd, prm + Dd);
+  hs.vq.scale.get(b0 * ng, nb * ng, prm + 2 * Dd);
+  hs.vq.min.get(b0 * ng, nb * ng, prm + 2 * Dd + nb * ng);
+  fb.kscale = prm;
+  fb.kmin = prm + Dd;
+  fb.vscale = prm + 2 * Dd;
+  fb.vmin = prm + 2 * Dd + nb * ng;
+  if (cfg.key_rope == KeyRope::Pre) {
+    fb.rope_cs = rope->cs_row(b0);
+    fb.neox = rope->layout() == RopeLayout::Neox;
+  }
+  fb.kbits = kbits;
+  fb.vbits = vbits;
+  fb.G = std::size_t(G);
+  fb.nb = nb;
+  fb.d = Dd;
+}
 
 void LayerCache::Impl::attend_range(int h, const float* q, std::size_t n_q, int n_heads,
                                     const int* q_pos, std::size_t t0, std::size_t t1,
@@ -596,31 +632,11 @@ void LayerCache::Impl::attend_range(int h, const float* q, std::size_t n_q, int 
       }
     }
   }
-  const HeadStore& hs = heads[std::size_t(h)];
   for (std::size_t b0 = t0; b0 < t1; b0 += B) {
     const std::size_t nb = std::min(B, t1 - b0);
     if (fusable && b0 + nb <= n_both && b0 % std::size_t(G) == 0) {
       simd::FusedBlock fb;
-      fb.kcodes = padded_codes(hs.kq.codes, b0 * krb, nb * krb, sc.kpad);
-      fb.vcodes = padded_codes(hs.vq.codes, b0 * vrb, nb * vrb, sc.vpad);
-      float* prm = sc.params.data();
-      hs.kq.scale.get(b0 / std::size_t(G) * Dd, Dd, prm);
-      hs.kq.min.get(b0 / std::size_t(G) * Dd, Dd, prm + Dd);
-      hs.vq.scale.get(b0 * ng, nb * ng, prm + 2 * Dd);
-      hs.vq.min.get(b0 * ng, nb * ng, prm + 2 * Dd + nb * ng);
-      fb.kscale = prm;
-      fb.kmin = prm + Dd;
-      fb.vscale = prm + 2 * Dd;
-      fb.vmin = prm + 2 * Dd + nb * ng;
-      if (pre) {
-        fb.rope_cs = rope->cs_row(b0);
-        fb.neox = neox;
-      }
-      fb.kbits = kbits;
-      fb.vbits = vbits;
-      fb.G = std::size_t(G);
-      fb.nb = nb;
-      fb.d = Dd;
+      fused_setup(h, b0, nb, fb, sc.params.data(), sc.kpad, sc.vpad);
       for (std::size_t i = 0; i < n_q; ++i) {
         const long long v =
             std::clamp<long long>((long long)q_pos[i] - (long long)b0 + 1, 0, (long long)nb);
@@ -650,9 +666,90 @@ void LayerCache::Impl::attend_range(int h, const float* q, std::size_t n_q, int 
         const float corr = std::exp(p[0] - m_new);  // 0 when the max was -inf
         const float psum = simd::exp_sum(s, vis, m_new);
         simd::accumulate(p + 2, corr, s, vb, vis, Dd);
-        p[1] = p[1] * corr + psum;
+        p[1] = simd::softmax_sum_update(p[1], corr, psum);  // as flash_tile rounds it
         p[0] = m_new;
       }
+    }
+  }
+}
+
+void LayerCache::Impl::attend_tiles(int h, const float* q, std::size_t i0, std::size_t i1,
+                                    int n_heads, const int* q_pos, float* out) const {
+  const std::size_t Dd = D(), stride = Dd + 2, B = block();
+  const std::size_t n_rep = std::size_t(n_heads / n_kv), rows = (i1 - i0) * n_rep;
+  // Key blocks of the decode path's block length: the same online-softmax steps, so the same
+  // bits as tokens fed one at a time (while decode does not split the tokens).
+  const std::size_t KB = B;
+  const float scale = 1.0f / std::sqrt(float(d));
+  AttnScratch& sc = attn_scratch();
+  grow(sc.kb, KB * Dd);
+  grow(sc.vb, KB * Dd);
+  grow(sc.tmp, 2 * KB * Dd);
+  grow(sc.qs, rows * Dd);
+  grow(sc.tpart, rows * stride);
+  grow(sc.tvis, rows);
+  grow(sc.work, simd::flash_work_floats(rows, KB, Dd));
+  float* part = sc.tpart.data();
+  std::size_t limit = 0;
+  for (std::size_t i = i0; i < i1; ++i) {
+    limit = std::max(limit, std::size_t(std::clamp<long long>((long long)q_pos[i] + 1, 0,
+                                                              (long long)n)));
+    for (std::size_t r = 0; r < n_rep; ++r) {
+      const float* src = q + (i * std::size_t(n_heads) + std::size_t(h) * n_rep + r) * Dd;
+      float* dst = sc.qs.data() + ((i - i0) * n_rep + r) * Dd;
+      std::copy(src, src + Dd, dst);
+    }
+  }
+  for (std::size_t row = 0; row < rows; ++row) {
+    float* p = part + row * stride;
+    p[0] = -std::numeric_limits<float>::infinity();
+    std::fill(p + 1, p + stride, 0.0f);
+  }
+  const bool pre = cfg.key_rope == KeyRope::Pre;
+  const bool neox = pre && rope->layout() == RopeLayout::Neox;
+  // Blocks whose keys and values are all quantized go through the fused kernel, as in decode
+  // (it computes each row alone, so the rows' grouping does not change their bits).
+  const bool fusable = kivi_like && key_layout == GroupLayout::PerChannel &&
+                       Dd * std::size_t(kbits) % 8 == 0 && Dd * std::size_t(vbits) % 8 == 0 &&
+                       std::size_t(G) * std::size_t(vbits) % 8 == 0;
+  const std::size_t n_both = std::min(n_kq, n_vq);
+  if (fusable) {
+    grow(sc.qptr, rows);
+    grow(sc.pptr, rows);
+    grow(sc.params, 2 * Dd + 2 * B * (Dd / std::size_t(G)));
+    grow(sc.fwork, simd::fused_work_floats(B, Dd, std::size_t(G)));
+    grow(sc.kpad, B * Dd * std::size_t(kbits) / 8 + 64);
+    grow(sc.vpad, B * Dd * std::size_t(vbits) / 8 + 64);
+    for (std::size_t row = 0; row < rows; ++row) {
+      sc.qptr[row] = sc.qs.data() + row * Dd;
+      sc.pptr[row] = part + row * stride;
+    }
+  }
+  for (std::size_t b0 = 0; b0 < limit; b0 += KB) {
+    const std::size_t nb = std::min(KB, limit - b0);
+    for (std::size_t i = i0; i < i1; ++i) {
+      const std::size_t seen = std::size_t(
+          std::clamp<long long>((long long)q_pos[i] + 1 - (long long)b0, 0, (long long)nb));
+      for (std::size_t r = 0; r < n_rep; ++r) sc.tvis[(i - i0) * n_rep + r] = seen;
+    }
+    if (fusable && b0 + nb <= n_both && b0 % std::size_t(G) == 0) {
+      simd::FusedBlock fb;
+      fused_setup(h, b0, nb, fb, sc.params.data(), sc.kpad, sc.vpad);
+      if (simd::fused_block(fb, sc.qptr.data(), sc.tvis.data(), rows, scale, sc.pptr.data(),
+                            sc.fwork.data())) {
+        continue;
+      }
+    }
+    load_keys(h, b0, nb, sc.kb.data(), sc.tmp.data());
+    if (pre) simd::rope_rows(sc.kb.data(), nb, Dd, rope->c_row(b0), rope->s_row(b0), neox);
+    load_values(h, b0, nb, sc.vb.data(), sc.tmp.data());
+    simd::flash_tile(sc.qs.data(), rows, sc.tvis.data(), sc.kb.data(), Dd, sc.vb.data(), Dd, nb,
+                     Dd, scale, part, stride, sc.work.data());
+  }
+  for (std::size_t i = i0; i < i1; ++i) {
+    for (std::size_t r = 0; r < n_rep; ++r) {
+      finish_row(part + ((i - i0) * n_rep + r) * stride, 1, stride,
+                 out + (i * std::size_t(n_heads) + std::size_t(h) * n_rep + r) * Dd);
     }
   }
 }
@@ -700,6 +797,33 @@ void LayerCache::attend(const float* q, std::size_t n_q, int n_heads, const int*
   if (n_q == 0) return;
   const std::size_t D = m.D(), stride = D + 2, B = m.block();
   const int n_rep = n_heads / m.n_kv;
+  if (n_q > kSplitMaxQueries) {
+    // Prefill: tasks (KV head, block of queries), each writing its own output rows, handed
+    // out one at a time through an atomic counter (last blocks, the costliest, first).
+    const std::size_t qb = std::max<std::size_t>(1, kTileRows / std::size_t(n_rep));
+    const std::size_t n_blocks = (n_q + qb - 1) / qb, n_kv = std::size_t(m.n_kv);
+    const std::size_t n_tasks = n_blocks * n_kv;
+    std::atomic<std::size_t> next{0};
+    std::atomic<bool> failed{false};
+    const auto work = [&](int) {
+      for (std::size_t t = next.fetch_add(1); t < n_tasks; t = next.fetch_add(1)) {
+        const std::size_t blk = n_blocks - 1 - t / n_kv;
+        try {
+          m.attend_tiles(int(t % n_kv), q, blk * qb, std::min(n_q, blk * qb + qb), n_heads, q_pos,
+                         out);
+        } catch (...) {  // only a failed first sizing of a worker's scratch (bad_alloc)
+          failed.store(true);
+        }
+      }
+    };
+    if (pool && pool->size() > 1) {
+      pool->run_on_all(work);
+    } else {
+      work(0);
+    }
+    if (failed.load()) fail("KV cache attention: out of memory for a worker's scratch");
+    return;
+  }
   const std::size_t rows = n_q * std::size_t(n_rep), limit = m.visible_limit(q_pos, n_q);
   // Token ranges: multiples of the block (so ranges start on quantization groups).
   std::size_t n_split = 1, span = std::max<std::size_t>(limit, 1);
