@@ -67,9 +67,12 @@ void add_model_options(CLI::App& cmd, ModelOptions& options, std::vector<std::st
       ->check(CLI::Range(0, 1024));
   cmd.add_option("-c,--context", options.context, "Context size in tokens (prompt + output)")
       ->check(CLI::Range(1, 1 << 20));
-  cmd.add_option("-b,--batch", options.batch,
-                 "Prompt tokens per forward batch (default 0: the whole prompt in one batch)")
-      ->check(CLI::Range(0, 1 << 20));
+  // bench has its own --batch (sequences decoded together) and feeds whole prompts.
+  if (!kv_list) {
+    cmd.add_option("-b,--batch", options.batch,
+                   "Prompt tokens per forward batch (default 0: the whole prompt in one batch)")
+        ->check(CLI::Range(0, 1 << 20));
+  }
 
   auto* group = cmd.add_option_group("KV cache", "How the KV cache is stored");
   if (kv_list) {
@@ -207,12 +210,16 @@ LoadedModel load_model(const ModelOptions& options) {
   return loaded;
 }
 
+std::unique_ptr<AttentionCache> make_cache(const Model& model, const ModelOptions& options,
+                                           int max_tokens) {
+  return std::make_unique<StoreCache>(model.kv_shape(max_tokens), model.rope(),
+                                      options.cache_config(model.config().head_dim),
+                                      options.load_subspace, model_fingerprint(model.file()));
+}
+
 std::unique_ptr<InferenceContext> make_context(const Model& model, const ModelOptions& options,
                                                ThreadPool& pool, int max_tokens) {
-  auto cache = std::make_unique<StoreCache>(model.kv_shape(max_tokens), model.rope(),
-                                            options.cache_config(model.config().head_dim),
-                                            options.load_subspace,
-                                            model_fingerprint(model.file()));
+  auto cache = make_cache(model, options, max_tokens);
   const int batch = options.batch > 0 ? options.batch : max_tokens;
   return std::make_unique<InferenceContext>(model, std::move(cache), pool, batch);
 }

@@ -63,6 +63,11 @@ struct LoadedModel {
 // Validates the options, loads the model and tokenizer and makes the context and its cache.
 LoadedModel load_model(const ModelOptions& options);
 
+// A fresh cache of `max_tokens` tokens as the options ask for (method, subspace file; a saved
+// subspace is tagged with, and a loaded one checked against, the model's fingerprint).
+std::unique_ptr<AttentionCache> make_cache(const Model& model, const ModelOptions& options,
+                                           int max_tokens);
+
 // A fresh context of `max_tokens` tokens with the cache the options ask for.
 std::unique_ptr<InferenceContext> make_context(const Model& model, const ModelOptions& options,
                                                ThreadPool& pool, int max_tokens);

@@ -11,7 +11,6 @@
 #include "apps/commands.h"
 #include "apps/model_options.h"
 #include "core/error.h"
-#include "model/store_cache.h"
 #include "server/admission.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
@@ -67,10 +66,7 @@ void serve(const ServeOptions& options) {
   const server::CacheFootprint footprint = server::measure_cache_footprint(
       model->kv_shape(1), model->rope(), cache_config, pool, so.prefill_chunk);
   const Model& m = *model;
-  const std::string subspace = mo.load_subspace;
-  server::CacheFactory caches = [&m, cache_config, subspace](int capacity) {
-    return std::make_unique<StoreCache>(m.kv_shape(capacity), m.rope(), cache_config, subspace);
-  };
+  server::CacheFactory caches = [&m, &mo](int capacity) { return make_cache(m, mo, capacity); };
 
   server::Metrics metrics(budget, options.max_seqs);
   server::Scheduler scheduler(m, tokenizer, pool, caches, footprint, so, metrics);

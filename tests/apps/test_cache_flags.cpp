@@ -22,7 +22,7 @@
 namespace {
 
 // SmolLM2-135M: 30 layers, 3 KV heads of 64 channels.
-constexpr std::size_t kLayers = 30, kKvHeads = 3, kDim = 64;
+constexpr std::size_t kLayers = 30, kKvHeads = 3, kDim = 64, kVocab = 49152;
 
 struct Result {
   int status = -1;
@@ -348,6 +348,49 @@ TEST_F(CacheFlags, BenchReportsEveryMethodOfTheList) {
   for (const char* flags : {"--kv kivi-2 --k-bits 4", "--kv kivi-3", "--kv f16,int8 --lambda 0"}) {
     const Result bad = squat("bench" + model() + "--ctx 8 --gen 1 " + flags);
     EXPECT_EQ(bad.status, 2) << flags << "\n" << bad.err;
+  }
+}
+
+// bench --batch N: N sequences of the same length, each with its own cache, decoded together;
+// bytes are N times one sequence's, the weights' share of a decoded token 1/N.
+TEST_F(CacheFlags, BenchBatchRowsHoldEverySequencesCache) {
+  const std::string json = temp_path("bench_batch.json");
+  const Result r = squat("bench" + model() +
+                         "-t 2 --kv f16,squat-2 --ctx 40 --batch 1,3 --gen 2 --repeats 1 --json " +
+                         json);
+  ASSERT_EQ(r.status, 0) << r.err;
+  const nlohmann::json out = nlohmann::json::parse(read_file(json));
+  std::filesystem::remove(json);
+  ASSERT_EQ(out["rows"].size(), 4u);
+  Layout f16, squat2;
+  f16.kv = "f16";
+  for (std::size_t i = 0; i < 4; ++i) {
+    const nlohmann::json& row = out["rows"][i];
+    const int batch = i % 2 ? 3 : 1;
+    EXPECT_EQ(row["kv"], i < 2 ? "f16" : "squat-2");
+    EXPECT_EQ(row["batch"], batch);
+    EXPECT_EQ(row["cache_tokens"], 42u) << "per sequence: 40 prompt tokens + 2 decoded";
+    const std::size_t one = expected_bytes(i < 2 ? f16 : squat2, 42);
+    EXPECT_EQ(row["cache_bytes"], batch * one);
+    EXPECT_EQ(row["fp16_cache_bytes"], batch * expected_bytes(f16, 42));
+    EXPECT_DOUBLE_EQ(row["bytes_per_token"].get<double>(), double(one) / 42.0);
+    const double per_token = (row["weight_bytes"].get<double>() +
+                              row["decode_cache_bytes_read"].get<double>() +
+                              row["logits_bytes"].get<double>()) /
+                             batch;
+    EXPECT_DOUBLE_EQ(row["decode_bytes_per_token"].get<double>(), per_token);
+    EXPECT_EQ(row["logits_bytes"], batch * kVocab * sizeof(float)) << "one logits row per sequence";
+    EXPECT_GT(row["decode_tokens_per_s"].get<double>(), 0.0);
+  }
+  // bench feeds whole prompts: the prompt-chunk flag -b of run is not one of its flags.
+  const std::pair<const char*, const char*> refused[] = {
+      {"--batch 0", "--batch values must be 1..256"},
+      {"--batch 257", "--batch values must be 1..256"},
+      {"-b 4", "-b"}};
+  for (const auto& [flags, message] : refused) {
+    const Result bad = squat("bench" + model() + "--ctx 8 --gen 1 " + flags);
+    EXPECT_EQ(bad.status, 2) << flags << "\n" << bad.err;
+    EXPECT_NE(bad.err.find(message), std::string::npos) << bad.err;
   }
 }
 
