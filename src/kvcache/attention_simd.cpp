@@ -396,6 +396,130 @@ void FlashTileImpl(const float* HWY_RESTRICT qs, std::size_t rows, const std::si
   }
 }
 
+// Logits of up to 4 rows (q0..q3) against one key in kernels::dot's order (four accumulators,
+// then the lanes), so the prompt tiles reproduce the per-query prompt attention's bits.
+template <class DF>
+HWY_INLINE void Dot4x1(DF df, const float* q0, const float* q1, const float* q2, const float* q3,
+                       const float* kr, std::size_t D, float* out) {
+  const std::size_t N = hn::Lanes(df);
+  const float* q[4] = {q0, q1, q2, q3};
+  for (int r = 0; r < 4; ++r) {
+    auto s0 = hn::Zero(df), s1 = hn::Zero(df), s2 = hn::Zero(df), s3 = hn::Zero(df);
+    std::size_t i = 0;
+    for (; i + 4 * N <= D; i += 4 * N) {
+      s0 = hn::MulAdd(hn::LoadU(df, q[r] + i), hn::LoadU(df, kr + i), s0);
+      s1 = hn::MulAdd(hn::LoadU(df, q[r] + i + N), hn::LoadU(df, kr + i + N), s1);
+      s2 = hn::MulAdd(hn::LoadU(df, q[r] + i + 2 * N), hn::LoadU(df, kr + i + 2 * N), s2);
+      s3 = hn::MulAdd(hn::LoadU(df, q[r] + i + 3 * N), hn::LoadU(df, kr + i + 3 * N), s3);
+    }
+    for (; i + N <= D; i += N) s0 = hn::MulAdd(hn::LoadU(df, q[r] + i), hn::LoadU(df, kr + i), s0);
+    float sum = hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(s0, s1), hn::Add(s2, s3))));
+    for (; i < D; ++i) sum += q[r][i] * kr[i];
+    out[r] = sum;
+  }
+}
+
+// Prompt attention tile, two passes over the keys (see simd.h): pass 0 raises each row's max,
+// pass 1 adds exp(logit - max) to the row's sum and acc (no rescaling: the max is final).
+void PromptTileImpl(const float* HWY_RESTRICT qs, std::size_t rows, const std::size_t* vis,
+                    const float* HWY_RESTRICT k, std::size_t ldk, const float* HWY_RESTRICT v,
+                    std::size_t ldv, std::size_t nb, std::size_t D, float scale, int pass,
+                    float* part, std::size_t pstride, float* work) {
+  const hn::ScalableTag<float> df;
+  const std::size_t N = hn::Lanes(df);
+  float* HWY_RESTRICT S = work;  // [4][nb]
+  for (std::size_t r0 = 0; r0 < rows; r0 += 4) {
+    const std::size_t R = std::min<std::size_t>(4, rows - r0);
+    std::size_t tmax = 0;
+    for (std::size_t r = r0; r < r0 + R; ++r) tmax = std::max(tmax, std::min(vis[r], nb));
+    if (tmax == 0) continue;
+    const std::size_t i1 = r0 + std::min<std::size_t>(1, R - 1);
+    const std::size_t i2 = r0 + std::min<std::size_t>(2, R - 1);
+    const std::size_t i3 = r0 + std::min<std::size_t>(3, R - 1);
+    const float* q0 = qs + r0 * D;
+    const float* q1 = qs + i1 * D;
+    const float* q2 = qs + i2 * D;
+    const float* q3 = qs + i3 * D;
+    for (std::size_t t = 0; t < tmax; ++t) {
+      float d4[4];
+      Dot4x1(df, q0, q1, q2, q3, k + t * ldk, D, d4);
+      for (std::size_t r = 0; r < 4; ++r) S[r * nb + t] = d4[r] * scale;
+    }
+    for (std::size_t r = 0; r < R; ++r) {
+      float* s = S + r * nb;
+      float* p = part + (r0 + r) * pstride;
+      const std::size_t vr = std::min(vis[r0 + r], nb);
+      if (pass == 0) {
+        for (std::size_t t = 0; t < vr; ++t) p[0] = std::max(p[0], s[t]);
+        continue;
+      }
+      for (std::size_t t = 0; t < vr; ++t) {
+        s[t] = std::exp(s[t] - p[0]);
+        p[1] += s[t];
+      }
+      for (std::size_t t = vr; t < tmax; ++t) s[t] = 0.0f;
+    }
+    if (pass == 0) continue;
+    // Values: acc += w v per channel vector in token order (as kernels::axpy), rows sharing
+    // each load; a zero weight adds exactly nothing.
+    const float* w0 = S;
+    const float* w1 = S + std::min<std::size_t>(1, R - 1) * nb;
+    const float* w2 = S + std::min<std::size_t>(2, R - 1) * nb;
+    const float* w3 = S + std::min<std::size_t>(3, R - 1) * nb;
+    float* o0 = part + r0 * pstride + 2;
+    float* o1 = part + i1 * pstride + 2;
+    float* o2 = part + i2 * pstride + 2;
+    float* o3 = part + i3 * pstride + 2;
+    std::size_t c = 0;
+    for (; c + 2 * N <= D; c += 2 * N) {
+      auto a00 = hn::LoadU(df, o0 + c), a01 = hn::LoadU(df, o0 + c + N);
+      auto a10 = hn::LoadU(df, o1 + c), a11 = hn::LoadU(df, o1 + c + N);
+      auto a20 = hn::LoadU(df, o2 + c), a21 = hn::LoadU(df, o2 + c + N);
+      auto a30 = hn::LoadU(df, o3 + c), a31 = hn::LoadU(df, o3 + c + N);
+      for (std::size_t t = 0; t < tmax; ++t) {
+        const float* vr = v + t * ldv + c;
+        const auto v0 = hn::LoadU(df, vr), v1 = hn::LoadU(df, vr + N);
+        const auto b0 = hn::Set(df, w0[t]), b1 = hn::Set(df, w1[t]);
+        const auto b2 = hn::Set(df, w2[t]), b3 = hn::Set(df, w3[t]);
+        a00 = hn::MulAdd(b0, v0, a00);
+        a01 = hn::MulAdd(b0, v1, a01);
+        a10 = hn::MulAdd(b1, v0, a10);
+        a11 = hn::MulAdd(b1, v1, a11);
+        a20 = hn::MulAdd(b2, v0, a20);
+        a21 = hn::MulAdd(b2, v1, a21);
+        a30 = hn::MulAdd(b3, v0, a30);
+        a31 = hn::MulAdd(b3, v1, a31);
+      }
+      hn::StoreU(a00, df, o0 + c);
+      hn::StoreU(a01, df, o0 + c + N);
+      if (R > 1) hn::StoreU(a10, df, o1 + c), hn::StoreU(a11, df, o1 + c + N);
+      if (R > 2) hn::StoreU(a20, df, o2 + c), hn::StoreU(a21, df, o2 + c + N);
+      if (R > 3) hn::StoreU(a30, df, o3 + c), hn::StoreU(a31, df, o3 + c + N);
+    }
+    for (; c + N <= D; c += N) {
+      auto a0 = hn::LoadU(df, o0 + c), a1 = hn::LoadU(df, o1 + c);
+      auto a2 = hn::LoadU(df, o2 + c), a3 = hn::LoadU(df, o3 + c);
+      for (std::size_t t = 0; t < tmax; ++t) {
+        const auto v0 = hn::LoadU(df, v + t * ldv + c);
+        a0 = hn::MulAdd(hn::Set(df, w0[t]), v0, a0);
+        a1 = hn::MulAdd(hn::Set(df, w1[t]), v0, a1);
+        a2 = hn::MulAdd(hn::Set(df, w2[t]), v0, a2);
+        a3 = hn::MulAdd(hn::Set(df, w3[t]), v0, a3);
+      }
+      hn::StoreU(a0, df, o0 + c);
+      if (R > 1) hn::StoreU(a1, df, o1 + c);
+      if (R > 2) hn::StoreU(a2, df, o2 + c);
+      if (R > 3) hn::StoreU(a3, df, o3 + c);
+    }
+    for (; c < D; ++c) {
+      for (std::size_t r = 0; r < R; ++r) {
+        float* o = part + (r0 + r) * pstride + 2;
+        for (std::size_t t = 0; t < tmax; ++t) o[c] += S[r * nb + t] * v[t * ldv + c];
+      }
+    }
+  }
+}
+
 void AccumulateImpl(float* acc, float corr, const float* p, const float* v, std::size_t nb,
                     std::size_t dim) {
   const hn::ScalableTag<float> d;
@@ -599,6 +723,7 @@ HWY_EXPORT(F16ToF32Impl);
 HWY_EXPORT(UnpackImpl);
 HWY_EXPORT(FusedBlockImpl);
 HWY_EXPORT(FlashTileImpl);
+HWY_EXPORT(PromptTileImpl);
 
 std::size_t fused_work_floats(std::size_t nb, std::size_t d, std::size_t G) {
   const std::size_t ng = d / G;
@@ -673,6 +798,13 @@ void flash_tile(const float* qs, std::size_t rows, const std::size_t* vis, const
                 float scale, float* part, std::size_t pstride, float* work) {
   HWY_DYNAMIC_DISPATCH(FlashTileImpl)
   (qs, rows, vis, k, ldk, v, ldv, nb, d, scale, part, pstride, work);
+}
+
+void prompt_tile(const float* qs, std::size_t rows, const std::size_t* vis, const float* k,
+                 std::size_t ldk, const float* v, std::size_t ldv, std::size_t nb, std::size_t d,
+                 float scale, int pass, float* part, std::size_t pstride, float* work) {
+  HWY_DYNAMIC_DISPATCH(PromptTileImpl)
+  (qs, rows, vis, k, ldk, v, ldv, nb, d, scale, pass, part, pstride, work);
 }
 
 void flash_tile_reference(const float* qs, std::size_t rows, const std::size_t* vis,

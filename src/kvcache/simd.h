@@ -70,6 +70,15 @@ void flash_tile(const float* qs, std::size_t rows, const std::size_t* vis, const
                 std::size_t ldk, const float* v, std::size_t ldv, std::size_t nb, std::size_t d,
                 float scale, float* part, std::size_t pstride, float* work);
 std::size_t flash_work_floats(std::size_t rows, std::size_t nb, std::size_t d);
+// Prompt attention of a batch over its own full-precision keys (model/dense_attention), a tile
+// of `rows` query rows against nb keys, in two passes over all key tiles: pass 0 raises
+// part[r*pstride] (the row max, start -inf) over the row's visible logits; pass 1 adds
+// w = exp(logit - max) to part[..+1] and w * v to part[..+2 ..]. Per row this is exactly the
+// per-query loop it replaces (kernels::dot's order, std::exp, axpy in token order), so the
+// prompt's attention keeps its bits. work: 4 * nb floats.
+void prompt_tile(const float* qs, std::size_t rows, const std::size_t* vis, const float* k,
+                 std::size_t ldk, const float* v, std::size_t ldv, std::size_t nb, std::size_t d,
+                 float scale, int pass, float* part, std::size_t pstride, float* work);
 // Scalar reference of flash_tile (double-precision sums, same contract).
 void flash_tile_reference(const float* qs, std::size_t rows, const std::size_t* vis,
                           const float* k, std::size_t ldk, const float* v, std::size_t ldv,
