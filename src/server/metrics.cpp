@@ -71,12 +71,14 @@ void Metrics::count_admitted(double queue_wait_seconds) {
   queue_wait_.observe(queue_wait_seconds);
 }
 
-void Metrics::count_generation(int prompt_tokens, int generated_tokens, double ttft_seconds,
-                               double seconds_per_output_token, double total_seconds) {
+void Metrics::count_generation(int prompt_tokens, int generated_tokens, bool complete,
+                               double ttft_seconds, double seconds_per_output_token,
+                               double total_seconds) {
   std::lock_guard lock(mutex_);
   ++finished_;
   prompt_tokens_ += uint64_t(prompt_tokens);
   generated_tokens_ += uint64_t(generated_tokens);
+  if (!complete) return;
   if (generated_tokens > 0) ttft_.observe(ttft_seconds);
   if (generated_tokens > 1) per_token_.observe(seconds_per_output_token);
   duration_.observe(total_seconds);

@@ -44,9 +44,11 @@ class Metrics {
   void count_rejection(const std::string& reason);  // "queue_full", "too_large", ...
   void count_cancelled();
   void count_admitted(double queue_wait_seconds);
-  // A finished generation: tokens and latencies (ttft: from arrival to the first token).
-  void count_generation(int prompt_tokens, int generated_tokens, double ttft_seconds,
-                        double seconds_per_output_token, double total_seconds);
+  // A sequence that left the batch: its tokens, and for one that ran to its end (`complete`;
+  // not cancelled) the latencies (ttft: from arrival to the first token).
+  void count_generation(int prompt_tokens, int generated_tokens, bool complete,
+                        double ttft_seconds, double seconds_per_output_token,
+                        double total_seconds);
   void count_step(int rows, int sequences);
   void set_gauges(const SchedulerGauges& gauges);
   SchedulerGauges gauges() const;

@@ -298,16 +298,18 @@ void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
 void Scheduler::retire(Active& a, const std::string& reason, const std::string& error) {
   if (a.done) return;
   a.done = true;
-  if (reason == "stop" || reason == "length") {
+  const bool complete = reason == "stop" || reason == "length";
+  if (complete) {
     std::string tail = a.stops.add(a.decoder.finish());
     tail += a.stops.finish();
     a.generation->emit(tail, a.generated);
-    const double ttft = seconds_between(a.generation->arrival(), a.first_token);
-    const double per_token =
-        a.generated > 1 ? seconds_between(a.first_token, a.last_token) / (a.generated - 1) : 0.0;
-    metrics_.count_generation(int(a.job.prompt.size()), a.generated, ttft, per_token,
-                              seconds_between(a.generation->arrival(), Clock::now()));
   }
+  const double ttft = seconds_between(a.generation->arrival(), a.first_token);
+  const double per_token =
+      a.generated > 1 ? seconds_between(a.first_token, a.last_token) / (a.generated - 1) : 0.0;
+  metrics_.count_generation(int(std::min(a.fed, a.job.prompt.size())), a.generated, complete,
+                            ttft, per_token,
+                            seconds_between(a.generation->arrival(), Clock::now()));
   // The cache's memory goes back now, not when the vector is compacted; waiting requests that
   // now fit are admitted for the next step.
   a.sequence = BatchSequence(nullptr);

@@ -43,8 +43,9 @@ TEST(Metrics, CountsGaugesAndHistograms) {
   m.count_request("/v1/completions", 400);
   m.count_rejection("queue_full");
   m.count_admitted(0.02);
-  m.count_generation(10, 5, 0.3, 0.02, 0.4);
-  m.count_generation(7, 0, 0, 0, 0.1);  // ended at once: no first token
+  m.count_generation(10, 5, true, 0.3, 0.02, 0.4);
+  m.count_generation(7, 0, true, 0, 0, 0.1);  // ended at once: no first token
+  m.count_generation(4, 2, false, 0.1, 0.1, 0.3);  // cancelled: tokens, no latencies
   m.count_cancelled();
   m.count_step(3, 2);
   m.set_gauges({3, 2, 5000, 9000});
@@ -54,8 +55,8 @@ TEST(Metrics, CountsGaugesAndHistograms) {
   EXPECT_EQ(s.at("squat_requests_total{endpoint=\"/v1/completions\",status=\"200\"}"), 2);
   EXPECT_EQ(s.at("squat_requests_total{endpoint=\"/v1/completions\",status=\"400\"}"), 1);
   EXPECT_EQ(s.at("squat_rejected_requests_total{reason=\"queue_full\"}"), 1);
-  EXPECT_EQ(s.at("squat_prompt_tokens_total"), 17);
-  EXPECT_EQ(s.at("squat_generated_tokens_total"), 5);
+  EXPECT_EQ(s.at("squat_prompt_tokens_total"), 21);
+  EXPECT_EQ(s.at("squat_generated_tokens_total"), 7);
   EXPECT_EQ(s.at("squat_sequences_admitted_total"), 1);
   EXPECT_EQ(s.at("squat_sequences_cancelled_total"), 1);
   EXPECT_EQ(s.at("squat_active_sequences"), 1);
