@@ -56,9 +56,8 @@ bool fused_block(const FusedBlock& b, const float* const* q, const std::size_t* 
 void fused_block_reference(const FusedBlock& b, const float* const* q, const std::size_t* vis,
                            std::size_t rows, float scale, float* const* part);
 
-// l * corr + psum: the softmax sum's update, computed out of line (rope.cpp) so that the
-// prefill tiles (built for FMA targets, where the compiler may fuse it) and the decode path
-// (store.cpp) round it alike.
+// l * corr + psum: the softmax sum's update, computed out of line (rope.cpp, never fused into
+// an FMA) so that it rounds alike on every SIMD target the tiles are built for.
 float softmax_sum_update(float l, float corr, float psum);
 
 // One tile of flash attention (prefill): `rows` query rows qs[r*d ..] against nb keys

@@ -598,7 +598,8 @@ void LayerCache::Impl::attend_range(int h, const float* q, std::size_t n_q, int 
   AttnScratch& sc = attn_scratch();
   grow(sc.kb, B * Dd);
   grow(sc.vb, B * Dd);
-  grow(sc.s, B);
+  grow(sc.s, simd::flash_work_floats(std::size_t(n_rep), B, Dd));
+  grow(sc.tvis, std::size_t(n_rep));
   grow(sc.tmp, 2 * std::max(B * Dd, Dd));
   for (std::size_t row = 0; row < rows; ++row) {
     float* p = part + row * stride;
@@ -655,20 +656,12 @@ void LayerCache::Impl::attend_range(int h, const float* q, std::size_t n_q, int 
       const long long vis_ll =
           std::min<long long>((long long)nb, (long long)q_pos[i] - (long long)b0 + 1);
       if (vis_ll <= 0) continue;
-      const std::size_t vis = std::size_t(vis_ll);
-      for (int r = 0; r < n_rep; ++r) {
-        float* p = part + (i * std::size_t(n_rep) + std::size_t(r)) * stride;
-        const float* qv = q + (i * std::size_t(n_heads) + std::size_t(h * n_rep + r)) * Dd;
-        simd::block_logits(qv, kb, vis, Dd, scale, s);
-        float bmax = s[0];
-        for (std::size_t t = 1; t < vis; ++t) bmax = std::max(bmax, s[t]);
-        const float m_new = std::max(p[0], bmax);
-        const float corr = std::exp(p[0] - m_new);  // 0 when the max was -inf
-        const float psum = simd::exp_sum(s, vis, m_new);
-        simd::accumulate(p + 2, corr, s, vb, vis, Dd);
-        p[1] = simd::softmax_sum_update(p[1], corr, psum);  // as flash_tile rounds it
-        p[0] = m_new;
-      }
+      // The group's n_rep query heads are adjacent rows of q: one tile shares each key and
+      // value load among them (per row the same arithmetic as the prefill tiles).
+      std::fill(sc.tvis.begin(), sc.tvis.begin() + n_rep, std::size_t(vis_ll));
+      simd::flash_tile(q + (i * std::size_t(n_heads) + std::size_t(h * n_rep)) * Dd,
+                       std::size_t(n_rep), sc.tvis.data(), kb, Dd, vb, Dd, nb, Dd, scale,
+                       part + i * std::size_t(n_rep) * stride, stride, s);
     }
   }
 }
