@@ -178,6 +178,7 @@ struct LayerCache::Impl {
   std::size_t D() const { return std::size_t(d); }
   std::size_t gb(int bits) const { return packed_bytes(std::size_t(G), bits); }
 
+  void append_piece(const float* k, const float* v, std::size_t n_new);
   void flush_keys(int h, std::size_t rows_to_flush);
   void flush_values(int h, std::size_t rows_to_flush);
   // Token-major floats of tokens [t0, t0+nb) (keys as stored; values in the stored basis).
@@ -350,6 +351,23 @@ void LayerCache::Impl::flush_values(int h, std::size_t rows) {
 
 void LayerCache::append(const float* k, const float* v, std::size_t n_new) {
   Impl& m = *impl_;
+  // Quantized methods take the tokens a residual window at a time, so the full-precision
+  // window (and the flush scratch) never holds more than 2R rows: pushing a whole prompt first
+  // would leave buffers the size of an fp16 cache of the prompt behind (vectors keep their
+  // capacity), more memory than the quantized cache itself. Flushes happen at the same token
+  // counts either way (keys in chunks of R from the last flush, values row by row), so the
+  // stored codes are identical.
+  const std::size_t piece =
+      m.kivi_like || m.int_method ? std::max<std::size_t>(std::size_t(m.R), 32) : n_new;
+  const std::size_t stride = std::size_t(m.n_kv) * m.D();
+  for (std::size_t done = 0; done < n_new; done += piece) {
+    const std::size_t n = std::min(piece, n_new - done);
+    m.append_piece(k + done * stride, v + done * stride, n);
+  }
+}
+
+void LayerCache::Impl::append_piece(const float* k, const float* v, std::size_t n_new) {
+  Impl& m = *this;
   if (n_new == 0) return;
   const std::size_t D = m.D(), stride = std::size_t(m.n_kv) * D;
   if (m.rope) m.rope->ensure(m.n + n_new);
