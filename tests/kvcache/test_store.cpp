@@ -463,6 +463,30 @@ TEST(KvStore, WholeCacheStatesSaveAndLoad) {
   std::remove(path.c_str());
 }
 
+// A long prompt appended at once leaves no full-precision buffers of its size behind: what the
+// quantized cache holds afterwards is the quantized data plus a window of about R rows.
+TEST(KvStore, PromptAppendLeavesNoPromptSizedBuffers) {
+  const int d = 64, n_kv = 3, n_heads = 9;
+  const std::size_t n = 2048;
+  for (CacheMethod method : {CacheMethod::Kivi, CacheMethod::Squat, CacheMethod::Int4}) {
+    CacheConfig cfg;
+    cfg.method = method;
+    cfg.quant_group_size = 32;
+    KvCache cache(cfg, 1, n_kv, d, make_rope(d, RopeLayout::Normal));
+    const auto k = randn(n * n_kv * d, 7), v = randn(n * n_kv * d, 8);
+    if (method == CacheMethod::Squat) {
+      const auto q = randn(n * n_heads * d, 9);
+      cache.layer(0).set_queries(q.data(), n, n_heads);
+    }
+    cache.layer(0).append(k.data(), v.data(), n);
+    const std::size_t fp16_bytes = n * std::size_t(n_kv) * d * 2 * sizeof(uint16_t);
+    // Codes and parameters grow geometrically (at most 2x what they hold); a prompt-sized
+    // window would add the whole fp16 size.
+    EXPECT_LT(cache.layer(0).allocated_bytes(), 2 * cache.layer(0).bytes() + fp16_bytes / 8)
+        << to_string(method) << ": bytes " << cache.layer(0).bytes() << ", fp16 " << fp16_bytes;
+  }
+}
+
 TEST(KvStore, ReserveAndThreadPoolKeepResults) {
   const int d = 64, n_kv = 3, n_heads = 9;
   const std::size_t n = 150;
