@@ -122,6 +122,11 @@ class SquatState {
   // W_i, i = 1..T-1, row-major g x (d - i*g), float.
   const std::vector<float>& w(int i) const { return w_[std::size_t(i - 1)]; }
 
+  // Frees P and H (the quantizer needs only W): a cache that will not save its states keeps
+  // a tenth of the bytes. Such a state cannot be saved (SquatStateFile refuses it).
+  void drop_metric();
+  bool has_metric() const { return identity_ || !metric_dropped_; }
+
   bool operator==(const SquatState& o) const;
   // Bytes held by this state (P, H_t as double; W_i as float).
   std::size_t bytes() const;
@@ -132,6 +137,7 @@ class SquatState {
 
   int d_ = 0, g_ = 0;
   bool identity_ = true;
+  bool metric_dropped_ = false;
   std::vector<std::vector<double>> h_;
   std::vector<double> p_;
   std::vector<std::vector<float>> w_;

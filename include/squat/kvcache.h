@@ -136,6 +136,8 @@ class LayerCache {
   bool has_states() const;
   // Forgets the states (a new prompt will build its own).
   void clear_states();
+  // SquatState::drop_metric for every state of this layer (they can no longer be saved).
+  void drop_state_metrics();
 
   // Appends n tokens: k and v are [n, n_kv_heads, d] (keys pre- or post-RoPE per config).
   // Applies the flush rules; a SQuat flush without states fails (squat::fail).

@@ -214,7 +214,8 @@ std::unique_ptr<AttentionCache> make_cache(const Model& model, const ModelOption
                                            int max_tokens) {
   return std::make_unique<StoreCache>(model.kv_shape(max_tokens), model.rope(),
                                       options.cache_config(model.config().head_dim),
-                                      options.load_subspace, model_fingerprint(model.file()));
+                                      options.load_subspace, model_fingerprint(model.file()),
+                                      /*keep_subspace=*/!options.save_subspace.empty());
 }
 
 std::unique_ptr<InferenceContext> make_context(const Model& model, const ModelOptions& options,

@@ -64,7 +64,8 @@ struct LoadedModel {
 LoadedModel load_model(const ModelOptions& options);
 
 // A fresh cache of `max_tokens` tokens as the options ask for (method, subspace file; a saved
-// subspace is tagged with, and a loaded one checked against, the model's fingerprint).
+// subspace is tagged with, and a loaded one checked against, the model's fingerprint). SQuat
+// keeps its full subspace (P and H) only when --save-subspace asks for it.
 std::unique_ptr<AttentionCache> make_cache(const Model& model, const ModelOptions& options,
                                            int max_tokens);
 

@@ -154,8 +154,16 @@ SquatState SquatState::from_queries(const float* q, std::size_t rows, int d,
   return from_metric(a, d, opt.quant_group_size);
 }
 
+void SquatState::drop_metric() {
+  if (identity_) return;
+  std::vector<double>().swap(p_);
+  std::vector<std::vector<double>>().swap(h_);
+  metric_dropped_ = true;
+}
+
 bool SquatState::operator==(const SquatState& o) const {
-  return d_ == o.d_ && g_ == o.g_ && identity_ == o.identity_ && h_ == o.h_ && p_ == o.p_;
+  return d_ == o.d_ && g_ == o.g_ && identity_ == o.identity_ && h_ == o.h_ && p_ == o.p_ &&
+         w_ == o.w_ && metric_dropped_ == o.metric_dropped_;
 }
 
 std::size_t SquatState::bytes() const {
@@ -262,6 +270,10 @@ std::vector<uint8_t> SquatStateFile::serialize(const std::vector<SquatState>& st
   }
   put<uint32_t>(out, uint32_t(states.size()));
   for (const SquatState& s : states) {
+    if (!s.has_metric()) {
+      fail("cannot save a SQuat state whose P and H were dropped to save memory (the cache was "
+           "made without keeping its subspace for saving)");
+    }
     put<uint32_t>(out, uint32_t(s.d_));
     put<uint32_t>(out, uint32_t(s.g_));
     put<uint8_t>(out, s.identity_ ? 1 : 0);

@@ -278,6 +278,10 @@ void for_each_head(int n, ThreadPool* pool, FunctionRef<void(int)> body) {
 
 }  // namespace
 
+void LayerCache::drop_state_metrics() {
+  for (SquatState& s : impl_->states) s.drop_metric();
+}
+
 void LayerCache::set_queries(const float* q, std::size_t n_q, int n_heads, ThreadPool* pool) {
   Impl& m = *impl_;
   if (m.cfg.method != CacheMethod::Squat) return;

@@ -17,12 +17,14 @@ kv::RopeSpec library_rope(const RopeSpec& rope) {
 }  // namespace
 
 StoreCache::StoreCache(const KvShape& shape, const RopeSpec& rope, const kv::CacheConfig& config,
-                       const std::string& subspace_file, const std::string& model_tag)
+                       const std::string& subspace_file, const std::string& model_tag,
+                       bool keep_subspace)
     : shape_(shape),
       rope_(rope),
       config_((config.validate(shape.head_dim), config)),
       store_(config, shape.n_layers, shape.n_kv_heads, shape.head_dim, library_rope(rope)),
-      model_tag_(model_tag) {
+      model_tag_(model_tag),
+      keep_subspace_(keep_subspace) {
   for (int l = 0; l < shape.n_layers; ++l) store_.layer(l).reserve(std::size_t(shape.max_tokens));
   if (!subspace_file.empty()) {
     if (config.method != kv::CacheMethod::Squat) {
@@ -31,6 +33,9 @@ StoreCache::StoreCache(const KvShape& shape, const RopeSpec& rope, const kv::Cac
     }
     store_.load_states(subspace_file, model_tag_);
     states_from_file_ = true;
+    if (!keep_subspace_) {
+      for (int l = 0; l < shape.n_layers; ++l) store_.layer(l).drop_state_metrics();
+    }
   }
 }
 
@@ -42,6 +47,7 @@ void StoreCache::observe_queries(int layer, const float* q_before_rope, const fl
                                  int n, ThreadPool& pool) {
   const float* q = config_.query_rope == kv::QueryRope::After ? q_after_rope : q_before_rope;
   store_.layer(layer).set_queries(q, std::size_t(n), shape_.n_heads, &pool);
+  if (!keep_subspace_) store_.layer(layer).drop_state_metrics();
 }
 
 void StoreCache::append(int layer, const float* k, const float* v, int n) {

@@ -93,7 +93,8 @@ std::size_t filled_cache_bytes(const KvShape& base, const RopeSpec& rope,
   const std::size_t before = heap_in_use();
   std::size_t measured = 0, accounted = 0;
   {
-    StoreCache cache(shape, rope, config);
+    // As the server's caches (make_cache without --save-subspace): SQuat keeps only W.
+    StoreCache cache(shape, rope, config, "", "", /*keep_subspace=*/false);
     for (int l = 0; l < shape.n_layers; ++l) {
       if (cache.wants_queries(l)) cache.observe_queries(l, q.data(), q.data(), prompt_rows, pool);
       cache.append(l, k.data(), v.data(), prompt_rows);

@@ -351,6 +351,29 @@ TEST(Squat, StateFileRoundTripsAndRejectsCorruption) {
   std::remove(path.c_str());
 }
 
+TEST(Squat, DroppedMetricQuantizesAlikeButCannotBeSaved) {
+  const std::size_t d = 64;
+  Synthetic s = make_synthetic(32, d, 100, 5);
+  SubspaceOptions opt;
+  opt.quant_group_size = 16;
+  const SquatState full = SquatState::from_queries(s.queries.data(), s.rows, int(d), opt);
+  SquatState lean = full;
+  lean.drop_metric();
+  EXPECT_TRUE(full.has_metric());
+  EXPECT_FALSE(lean.has_metric());
+  EXPECT_LT(lean.bytes() * 5, full.bytes()) << "P and H (doubles) dominate a state";
+  const QuantizedChunk a = squat_quantize_chunk(s.keys.data(), 32, d, 2, 32,
+                                                GroupLayout::PerChannel, ParamType::F16, full);
+  const QuantizedChunk b = squat_quantize_chunk(s.keys.data(), 32, d, 2, 32,
+                                                GroupLayout::PerChannel, ParamType::F16, lean);
+  EXPECT_EQ(a.codes, b.codes);
+  EXPECT_EQ(a.scale, b.scale);
+  EXPECT_THROW(SquatStateFile::serialize({lean}), squat::Error);
+  SquatState identity = SquatState::identity(int(d), 16);
+  identity.drop_metric();  // nothing to drop: still saveable
+  EXPECT_NO_THROW(SquatStateFile::serialize({identity}));
+}
+
 uint64_t fnv1a_64(const uint8_t* p, std::size_t n) {  // FNV-1a as published (64-bit)
   uint64_t h = 0xcbf29ce484222325ull;
   for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
