@@ -35,6 +35,14 @@ const char* to_string(CacheMethod m);
 // Parses "f32|f16|int8|int4|kivi|squat"; fail_usage otherwise.
 CacheMethod parse_method(const std::string& s);
 
+// SQuat's block size g (channels per block of the key quantizer) when the user gives none: the
+// reference's 64 from head_dim 128 on (two or more blocks); below, head_dim/4. With one block
+// SQuat has nothing to correct and equals KIVI, and with two (g = 32 at head_dim 64) it did
+// not beat KIVI-2 on SmolLM2-135M, while four (g = 16) lowered the KL to the fp16 cache 5%
+// below KIVI-2's (3.1 standard errors; docs/RESULTS.md, Quality). Per-token keys need g to be
+// a multiple of `group_size`, so they get the smallest such g that divides head_dim.
+int default_quant_group_size(int head_dim, GroupLayout key_quant, int group_size);
+
 struct CacheConfig {
   CacheMethod method = CacheMethod::Squat;
   int k_bits = 2;  // Kivi/Squat: 2, 4 or 8 (Int8/Int4 imply 8/4)

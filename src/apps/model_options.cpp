@@ -43,10 +43,12 @@ kv::CacheConfig ModelOptions::cache_config(int head_dim) const {
   c.v_bits = v_bits;
   c.group_size = group_size;
   c.residual_length = residual_length;
-  c.quant_group_size = quant_group_size > 0 ? quant_group_size : std::min(64, head_dim / 2);
   c.subspace_dim = subspace_dim;
   c.lambda = lambda;
   c.key_quant = key_quant == "per-token" ? kv::GroupLayout::PerToken : kv::GroupLayout::PerChannel;
+  c.quant_group_size = quant_group_size > 0
+                           ? quant_group_size
+                           : kv::default_quant_group_size(head_dim, c.key_quant, c.group_size);
   const bool kivi_like = c.method == kv::CacheMethod::Kivi || c.method == kv::CacheMethod::Squat;
   const std::string rope = key_rope.empty() ? (kivi_like ? "pre" : "post") : key_rope;
   c.key_rope = rope == "pre" ? kv::KeyRope::Pre : kv::KeyRope::Post;

@@ -24,9 +24,7 @@ struct ModelOptions {
   int k_bits = 2, v_bits = 2;
   int group_size = 32;
   int residual_length = 32;
-  // 0: automatic, min(64, head_dim / 2). The reference's 64 was chosen for head_dim 128, where
-  // it gives two blocks; with one block (g = head_dim) SQuat has nothing to correct and equals
-  // KIVI, so smaller heads get two blocks too.
+  // 0: automatic, kv::default_quant_group_size (64 from head_dim 128 on, else head_dim/4).
   int quant_group_size = 0;
   int subspace_dim = 20;
   double lambda = 0.001;

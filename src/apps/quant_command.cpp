@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/npy.h"
 #include "squat/kv_quant.h"
+#include "squat/kvcache.h"
 
 namespace squat::apps {
 namespace {
@@ -101,8 +102,10 @@ void run_quant(const QuantOptions& opts, const CLI::App& cmd) {
 
   const npy::Array k = read_matrix(o.keys, values ? "values" : "keys");
   const std::size_t n = k.shape[0], d = k.shape[1];
-  // 0: the engine's automatic block, min(64, head_dim / 2) (model_options.h says why).
-  if (o.quant_group_size == 0) o.quant_group_size = int(std::min<std::size_t>(64, d / 2));
+  // 0: the engine's automatic block (kv::default_quant_group_size says why).
+  if (o.quant_group_size == 0) {
+    o.quant_group_size = kv::default_quant_group_size(int(d), layout, o.group_size);
+  }
   npy::Array q;
   if (!o.queries.empty()) {
     q = read_matrix(o.queries, "queries");

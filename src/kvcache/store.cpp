@@ -63,6 +63,15 @@ int method_bits(CacheMethod method, int chosen) {
 
 int CacheConfig::key_bits() const { return method_bits(method, k_bits); }
 int CacheConfig::value_bits() const { return method_bits(method, v_bits); }
+int default_quant_group_size(int head_dim, GroupLayout key_quant, int group_size) {
+  int g = head_dim >= 128 ? 64 : head_dim % 4 == 0 ? head_dim / 4 : head_dim;
+  if (key_quant == GroupLayout::PerToken && group_size > 0 && g % group_size != 0) {
+    g = group_size;
+    while (g < head_dim && head_dim % g != 0) g += group_size;
+  }
+  return std::clamp(g, 1, std::max(1, head_dim));
+}
+
 int CacheConfig::window() const {
   return (method == CacheMethod::Kivi || method == CacheMethod::Squat) ? residual_length : 0;
 }

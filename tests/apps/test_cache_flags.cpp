@@ -200,14 +200,14 @@ TEST_F(CacheFlags, SavedSubspaceReproducesTheGeneration) {
   std::filesystem::remove(file);
   const RunResult saved = run("--kv squat --save-subspace " + file, 24);
   ASSERT_TRUE(std::filesystem::exists(file));
-  // 30 layers x 3 KV heads, each with P (64 x 64 doubles) and H_1 (32 x 32 doubles).
+  // 30 layers x 3 KV heads, each with P (64 x 64 doubles) and H_1..H_3 (16t x 16 doubles).
   EXPECT_GT(std::filesystem::file_size(file), kLayers * kKvHeads * 64 * 64 * 8);
   const RunResult loaded = run("--kv squat --load-subspace " + file, 24);
   EXPECT_EQ(loaded.text, saved.text);
   EXPECT_EQ(loaded.stats["cache_bytes"], saved.stats["cache_bytes"]);
   // The file's block size is part of it: another --quant-group-size is refused.
   const Result other_block = squat(
-      "run" + model() + "-p hi -n 1 --kv squat --quant-group-size 16 --load-subspace " + file);
+      "run" + model() + "-p hi -n 1 --kv squat --quant-group-size 32 --load-subspace " + file);
   EXPECT_EQ(other_block.status, 2) << other_block.err;
   EXPECT_NE(other_block.err.find("does not match"), std::string::npos) << other_block.err;
   // The file names the model it was made for (its fingerprint).

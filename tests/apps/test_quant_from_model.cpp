@@ -68,7 +68,7 @@ TEST_F(FromModel, DumpedArraysReproduceThePerLayerNumbers) {
   ASSERT_GT(n, 64);
   // Per-channel groups of 32 tokens: only whole groups are quantized.
   EXPECT_EQ(j.at("keys_quantized").get<int>(), n / 32 * 32);
-  EXPECT_EQ(j.at("quant_group_size").get<int>(), 32);  // automatic: min(64, head_dim / 2)
+  EXPECT_EQ(j.at("quant_group_size").get<int>(), 16);  // automatic: head_dim / 4 below 128
   ASSERT_EQ(j.at("layers").size(), 2u);
 
   for (const nlohmann::json& layer : j.at("layers")) {
@@ -88,7 +88,7 @@ TEST_F(FromModel, DumpedArraysReproduceThePerLayerNumbers) {
                                (dir / "out.npy").string();
       const Result kivi = run_squat(args + " --method kivi");
       ASSERT_EQ(kivi.status, 0) << kivi.output;
-      const Result sq = run_squat(args + " --method squat --quant-group-size 32 "
+      const Result sq = run_squat(args + " --method squat --quant-group-size 16 "
                                          "--subspace-dim 20 --lambda 0.001");
       ASSERT_EQ(sq.status, 0) << sq.output;
       kivi_logit += metric(kivi.output, "relative logit error: ") / heads;

@@ -463,6 +463,25 @@ TEST(KvStore, WholeCacheStatesSaveAndLoad) {
   std::remove(path.c_str());
 }
 
+TEST(KvStore, DefaultSquatBlockSize) {
+  EXPECT_EQ(default_quant_group_size(64, GroupLayout::PerChannel, 32), 16);
+  EXPECT_EQ(default_quant_group_size(128, GroupLayout::PerChannel, 32), 64);  // the reference's
+  EXPECT_EQ(default_quant_group_size(256, GroupLayout::PerChannel, 32), 64);
+  EXPECT_EQ(default_quant_group_size(80, GroupLayout::PerChannel, 32), 20);
+  EXPECT_EQ(default_quant_group_size(64, GroupLayout::PerToken, 32), 32);  // a multiple of G
+  EXPECT_EQ(default_quant_group_size(96, GroupLayout::PerToken, 32), 32);
+  EXPECT_EQ(default_quant_group_size(64, GroupLayout::PerToken, 16), 16);
+  for (int d : {32, 64, 96, 128, 256}) {  // always a valid configuration with the defaults
+    for (GroupLayout layout : {GroupLayout::PerChannel, GroupLayout::PerToken}) {
+      CacheConfig c;
+      c.method = CacheMethod::Squat;
+      c.key_quant = layout;
+      c.quant_group_size = default_quant_group_size(d, layout, c.group_size);
+      EXPECT_NO_THROW(c.validate(d)) << d;
+    }
+  }
+}
+
 // A long prompt appended at once leaves no full-precision buffers of its size behind: what the
 // quantized cache holds afterwards is the quantized data plus a window of about R rows.
 TEST(KvStore, PromptAppendLeavesNoPromptSizedBuffers) {

@@ -97,7 +97,7 @@ TEST(CacheFootprint, CoversWhatARealCacheHolds) {
     for (int tokens : {40, 100, 333, 1000}) {
       KvShape shape = base;
       shape.max_tokens = tokens;
-      StoreCache cache(shape, smol_rope(), config);
+      StoreCache cache(shape, smol_rope(), config, "", "", /*keep_subspace=*/false);  // as served
       const int prompt = std::min(tokens, 64);
       std::vector<float> q(std::size_t(prompt) * 9 * 64, 0.5f), kv(std::size_t(tokens) * 3 * 64);
       for (std::size_t i = 0; i < kv.size(); ++i) kv[i] = float(i % 17) - 8.0f;
