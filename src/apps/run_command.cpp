@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "model/generate.h"
+#include "server/stop_filter.h"
 
 namespace squat::apps {
 
@@ -32,49 +33,25 @@ struct RunOptions {
   std::string stats_json;
 };
 
-// Streams generated text to stdout and ends generation at a stop string. Text that could be
-// the start of a stop string is held back until it is known not to be one, so a stop string
-// is never printed.
+// Streams generated text to stdout and ends generation at a stop string; the server's
+// StopFilter holds back text that could be the start of one, so a stop string is never printed.
 class StopStreamer {
  public:
-  explicit StopStreamer(const std::vector<std::string>& stops) : stops_(stops) {}
+  explicit StopStreamer(const std::vector<std::string>& stops) : filter_(stops) {}
 
   // Returns false when a stop string was reached.
   bool add(const std::string& piece) {
-    pending_ += piece;
-    for (const std::string& stop : stops_) {
-      if (const auto at = pending_.find(stop); at != std::string::npos) {
-        emit(pending_.substr(0, at));
-        pending_.clear();
-        return false;
-      }
-    }
-    // Keep the longest tail that is a proper prefix of some stop string.
-    std::size_t keep = 0;
-    for (const std::string& stop : stops_) {
-      for (std::size_t n = std::min(stop.size() - 1, pending_.size()); n > keep; --n) {
-        if (pending_.compare(pending_.size() - n, n, stop, 0, n) == 0) {
-          keep = n;
-          break;
-        }
-      }
-    }
-    emit(pending_.substr(0, pending_.size() - keep));
-    pending_.erase(0, pending_.size() - keep);
-    return true;
+    emit(filter_.add(piece));
+    return !filter_.stopped();
   }
-  void finish() {
-    emit(pending_);
-    pending_.clear();
-  }
+  void finish() { emit(filter_.finish()); }
 
  private:
   static void emit(const std::string& text) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
   }
-  std::vector<std::string> stops_;
-  std::string pending_;
+  server::StopFilter filter_;
 };
 
 void add_sampling_options(CLI::App& cmd, SamplerParams& sampling) {

@@ -122,6 +122,18 @@ TEST(Cli, GreedyRunMentionsParis) {
   EXPECT_NE(r.output.find("tokens/s"), std::string::npos) << r.output;
 }
 
+// The same greedy run with --stop Paris: generation ends there and the stop string is not printed.
+TEST(Cli, RunStopsAtAStopStringWithoutPrintingIt) {
+  if (!std::filesystem::exists(SQUAT_TEST_MODEL)) GTEST_SKIP() << "default model not found";
+  const Result r = run_squat(std::string("run -m ") + SQUAT_TEST_MODEL +
+                             " -p \"The capital of France is\" -n 12 --temp 0 -t 2 --stop Paris"
+                             " --no-display-prompt");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.find("Paris"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("decode: "), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("decode: 12 tokens"), std::string::npos) << "stopped early\n" << r.output;
+}
+
 TEST(Cli, ChatKeepsTheConversationInTheCache) {
   if (!std::filesystem::exists(SQUAT_TEST_MODEL)) GTEST_SKIP() << "default model not found";
   const std::string command = std::string("printf 'What is 2+2?\\nAnd 3+3?\\n' | ") +
