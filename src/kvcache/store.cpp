@@ -262,6 +262,15 @@ void LayerCache::clear_states() { impl_->states.clear(); }
 
 namespace {
 
+// Empty online-softmax partials: per row max = -inf, then sum and accumulator zero.
+void reset_partials(float* part, std::size_t rows, std::size_t stride) {
+  for (std::size_t row = 0; row < rows; ++row) {
+    float* p = part + row * stride;
+    p[0] = -std::numeric_limits<float>::infinity();
+    std::fill(p + 1, p + stride, 0.0f);
+  }
+}
+
 // Runs body(h) for every KV head, on the pool when given; the first exception is rethrown on
 // the calling thread (workers must not throw). Used by set_queries (once per prompt), not by
 // the decode path.
@@ -632,11 +641,7 @@ void LayerCache::Impl::attend_range(int h, const float* q, std::size_t n_q, int 
   grow(sc.s, simd::flash_work_floats(std::size_t(n_rep), B, Dd));
   grow(sc.tvis, std::size_t(n_rep));
   grow(sc.tmp, 2 * std::max(B * Dd, Dd));
-  for (std::size_t row = 0; row < rows; ++row) {
-    float* p = part + row * stride;
-    p[0] = -std::numeric_limits<float>::infinity();
-    std::fill(p + 1, p + stride, 0.0f);
-  }
+  reset_partials(part, rows, stride);
   const bool pre = cfg.key_rope == KeyRope::Pre;
   const bool neox = pre && rope->layout() == RopeLayout::Neox;
   float* kb = sc.kb.data();
@@ -724,11 +729,7 @@ void LayerCache::Impl::attend_tiles(int h, const float* q, std::size_t i0, std::
       std::copy(src, src + Dd, dst);
     }
   }
-  for (std::size_t row = 0; row < rows; ++row) {
-    float* p = part + row * stride;
-    p[0] = -std::numeric_limits<float>::infinity();
-    std::fill(p + 1, p + stride, 0.0f);
-  }
+  reset_partials(part, rows, stride);
   const bool pre = cfg.key_rope == KeyRope::Pre;
   const bool neox = pre && rope->layout() == RopeLayout::Neox;
   // Blocks whose keys and values are all quantized go through the fused kernel, as in decode
