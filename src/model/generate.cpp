@@ -28,6 +28,7 @@ GenerationStats generate(InferenceContext& context, const Tokenizer& tokenizer,
   if (prompt.empty()) fail("the prompt is empty after tokenization: nothing to continue from");
   const int vocab = int(context.model().config().vocab_size);
   stats.prompt_tokens = int(prompt.size());
+  sampler.observe(prompt);  // the repetition penalties count the prompt's tokens too
   auto start = Clock::now();
   const float* logits = context.eval(prompt);
   stats.prompt_seconds = seconds_since(start);

@@ -15,6 +15,63 @@ Sampler::Sampler(const SamplerParams& params) : params_(params), rng_(params.see
   if (!(params.top_p > 0.0f && params.top_p <= 1.0f)) {
     fail_usage("--top-p must be in (0, 1], got {}", params.top_p);
   }
+  if (!(params.min_p >= 0.0f && params.min_p <= 1.0f)) {
+    fail_usage("--min-p must be in [0, 1], got {}", params.min_p);
+  }
+  if (!(params.repeat_penalty > 0.0f) || !std::isfinite(params.repeat_penalty)) {
+    fail_usage("--repeat-penalty must be a finite number > 0, got {}", params.repeat_penalty);
+  }
+  // The OpenAI API's range for both penalties.
+  if (!(params.presence_penalty >= -2.0f && params.presence_penalty <= 2.0f)) {
+    fail_usage("--presence-penalty must be in [-2, 2], got {}", params.presence_penalty);
+  }
+  if (!(params.frequency_penalty >= -2.0f && params.frequency_penalty <= 2.0f)) {
+    fail_usage("--frequency-penalty must be in [-2, 2], got {}", params.frequency_penalty);
+  }
+  if (params.penalty_last_n < 0) {
+    fail_usage("--repeat-last-n must be >= 0, got {}", params.penalty_last_n);
+  }
+  if (penalties_active()) {
+    recent_.reserve(std::size_t(params.penalty_last_n));
+    sorted_recent_.reserve(std::size_t(params.penalty_last_n));
+  }
+}
+
+bool Sampler::penalties_active() const {
+  return params_.penalty_last_n > 0 &&
+         (params_.repeat_penalty != 1.0f || params_.presence_penalty != 0.0f ||
+          params_.frequency_penalty != 0.0f);
+}
+
+void Sampler::remember(int32_t token) {
+  if (!penalties_active()) return;
+  if (recent_.size() < std::size_t(params_.penalty_last_n)) {
+    recent_.push_back(token);
+  } else {
+    recent_[recent_next_] = token;
+    recent_next_ = (recent_next_ + 1) % recent_.size();
+  }
+}
+
+void Sampler::observe(std::span<const int32_t> tokens) {
+  for (int32_t t : tokens) remember(t);
+}
+
+void Sampler::penalize(float* logits, int vocab_size) {
+  if (!penalties_active() || recent_.empty()) return;
+  sorted_recent_.assign(recent_.begin(), recent_.end());
+  std::sort(sorted_recent_.begin(), sorted_recent_.end());
+  for (std::size_t i = 0; i < sorted_recent_.size();) {
+    const int32_t token = sorted_recent_[i];
+    std::size_t end = i;
+    while (end < sorted_recent_.size() && sorted_recent_[end] == token) ++end;
+    const float count = float(end - i);
+    i = end;
+    if (token < 0 || token >= vocab_size) continue;
+    float& logit = logits[token];
+    logit = logit > 0.0f ? logit / params_.repeat_penalty : logit * params_.repeat_penalty;
+    logit -= params_.presence_penalty + count * params_.frequency_penalty;
+  }
 }
 
 int32_t Sampler::argmax(const float* logits, int vocab_size) {
@@ -22,7 +79,16 @@ int32_t Sampler::argmax(const float* logits, int vocab_size) {
 }
 
 int32_t Sampler::sample(const float* logits, int vocab_size) {
-  if (params_.temperature == 0.0f) return argmax(logits, vocab_size);
+  if (penalties_active() && !recent_.empty()) {
+    penalized_.assign(logits, logits + vocab_size);
+    penalize(penalized_.data(), vocab_size);
+    logits = penalized_.data();
+  }
+  if (params_.temperature == 0.0f) {
+    const int32_t token = argmax(logits, vocab_size);
+    remember(token);
+    return token;
+  }
 
   candidates_.resize(std::size_t(vocab_size));
   for (int i = 0; i < vocab_size; ++i) candidates_[std::size_t(i)] = {logits[i], int32_t(i)};
@@ -35,8 +101,16 @@ int32_t Sampler::sample(const float* logits, int vocab_size) {
                     candidates_.end(), by_logit);
   candidates_.resize(keep);
 
-  // Softmax at the temperature over the kept candidates (sorted, largest first).
   const float max_logit = candidates_.front().first;
+  // Min-p: p_i >= min_p * p_max  <=>  logit_i >= max_logit + log(min_p) (before temperature).
+  if (params_.min_p > 0.0f) {
+    const float floor = max_logit + std::log(params_.min_p);
+    std::size_t kept = 1;
+    while (kept < candidates_.size() && candidates_[kept].first >= floor) ++kept;
+    candidates_.resize(kept);
+  }
+
+  // Softmax at the temperature over the kept candidates (sorted, largest first).
   double total = 0.0;
   for (auto& c : candidates_) {
     c.first = std::exp((c.first - max_logit) / params_.temperature);
@@ -58,11 +132,16 @@ int32_t Sampler::sample(const float* logits, int vocab_size) {
 
   std::uniform_real_distribution<double> uniform(0.0, nucleus_total);
   double draw = uniform(rng_);
+  int32_t token = candidates_.back().second;
   for (const auto& c : candidates_) {
     draw -= c.first;
-    if (draw <= 0.0) return c.second;
+    if (draw <= 0.0) {
+      token = c.second;
+      break;
+    }
   }
-  return candidates_.back().second;
+  remember(token);
+  return token;
 }
 
 }  // namespace squat
