@@ -9,7 +9,7 @@ export SQUAT_MODELS
 
 DEB_PACKAGES = cmake ninja-build g++ clang ccache pkg-config libgtest-dev libgmock-dev libbenchmark-dev \
   libhwy-dev libeigen3-dev libcli11-dev nlohmann-json3-dev libfmt-dev libpcre2-dev \
-  libcpp-httplib-dev python3-pip python3-matplotlib
+  libcpp-httplib-dev python3-pip python3-venv python3-matplotlib
 
 CMAKE_FLAGS = -G Ninja -DCMAKE_BUILD_TYPE=Release -DSQUAT_WERROR=ON -DSQUAT_TEST_MODEL=$(MODEL)
 
@@ -45,7 +45,7 @@ demo: build model
 	@$(BUILD)/squat run -m $(MODEL) -f $(BUILD)/demo-prompt.txt --no-display-prompt \
 	  --kv squat --k-bits 2 --v-bits 2 --temp 0 -n 160 --stop "Question:"
 
-test: test-release test-sanitize
+test: test-release test-sanitize test-python
 
 test-release: build model
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
@@ -58,6 +58,30 @@ test-sanitize: deps model
 	cmake -S . -B $(BUILD_ASAN) $(CMAKE_FLAGS) -DSQUAT_SANITIZE=ON -DSQUAT_BENCH=OFF -DSQUAT_WERROR=OFF
 	cmake --build $(BUILD_ASAN) -j $(JOBS)
 	cd $(BUILD_ASAN) && ctest --output-on-failure -j $(JOBS) -LE slow
+
+# The Python package (python/, pyproject.toml) and its pytest suite. Everything goes into a
+# virtual environment outside the repository ($(PY_VENV)), so the system Python is untouched and
+# the pinned test requirements (torch from PyPI brings about 3 GB of CUDA libraries, once) are
+# installed only when python/requirements-test.txt changed. `pip install .` builds the extension
+# in build-py/ (incrementally; CCACHE_BASEDIR lets ccache reuse objects across checkouts).
+PYTHON  ?= python3
+PY_VENV ?= $(HOME)/.cache/squat/pyvenv
+PY_REQS  = python/requirements-test.txt
+.PHONY: python-env python test-python
+
+python-env: deps
+	@[ -x $(PY_VENV)/bin/python ] || $(PYTHON) -m venv $(PY_VENV)
+	@cmp -s $(PY_REQS) $(PY_VENV)/requirements-test.txt || { \
+	  echo "python-env: installing $(PY_REQS) into $(PY_VENV)"; \
+	  $(PY_VENV)/bin/pip install -q --disable-pip-version-check -r $(PY_REQS) && \
+	  cp $(PY_REQS) $(PY_VENV)/requirements-test.txt; }
+
+python: python-env
+	CCACHE_BASEDIR=$(CURDIR) $(PY_VENV)/bin/pip install -q --disable-pip-version-check \
+	  --no-build-isolation --no-deps --config-settings=cmake.define.SQUAT_WERROR=ON .
+
+test-python: python build model
+	SQUAT_TEST_MODEL=$(MODEL) SQUAT_CLI=$(CURDIR)/$(BUILD)/squat $(PY_VENV)/bin/python -m pytest -q python/tests
 
 bench: build
 	@for b in $(BUILD)/bench/bench_*; do $$b; done
@@ -80,4 +104,4 @@ format:
 	clang-format -i $$(git ls-files '*.h' '*.cpp' '*.cu')
 
 clean:
-	rm -rf $(BUILD) $(BUILD_ASAN) build-fuzz
+	rm -rf $(BUILD) $(BUILD_ASAN) build-fuzz build-py
