@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 #include <pthread.h>
 
+#include <chrono>
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <thread>
@@ -29,7 +31,17 @@ struct ServeOptions {
   int queue = 64;
   std::string model_id;  // empty: the model file's name without .gguf
   int chat_max_tokens = 256;
+  std::string max_body = "1MiB";
+  double request_timeout = 10;
+  double shutdown_grace = 10;
+  int max_connections = 0;  // 0: max-seqs + queue + 64
+  std::string api_key;      // or SQUAT_API_KEY
+  std::vector<std::string> cors_origins;
 };
+
+bool loopback(const std::string& host) {
+  return host == "127.0.0.1" || host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
 
 void serve(const ServeOptions& options) {
   const ModelOptions& mo = options.model;
@@ -38,6 +50,19 @@ void serve(const ServeOptions& options) {
     fail_usage("--save-subspace does not apply to serve (every request builds its own subspace)");
   }
   const std::size_t budget = server::parse_byte_size(options.kv_budget, "--kv-budget");
+  const std::size_t max_body = server::parse_byte_size(options.max_body, "--max-body");
+  if (max_body < 1024)
+    fail_usage("--max-body {} is below 1 KiB: no request would fit", options.max_body);
+  if (!(options.request_timeout > 0 && options.request_timeout <= 3600)) {
+    fail_usage("--request-timeout must be in (0, 3600] seconds, got {}", options.request_timeout);
+  }
+  if (!(options.shutdown_grace >= 0 && options.shutdown_grace <= 3600)) {
+    fail_usage("--shutdown-grace must be in [0, 3600] seconds, got {}", options.shutdown_grace);
+  }
+  std::string api_key = options.api_key;
+  if (api_key.empty()) {
+    if (const char* env = std::getenv("SQUAT_API_KEY")) api_key = env;
+  }
 
   // Signals are taken by one thread with sigwait; every thread made from here on inherits the
   // mask. A client that disconnects must not kill the server with SIGPIPE.
@@ -45,6 +70,7 @@ void serve(const ServeOptions& options) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
@@ -65,18 +91,34 @@ void serve(const ServeOptions& options) {
   so.context = mo.context;
   const server::CacheFootprint footprint = server::measure_cache_footprint(
       model->kv_shape(1), model->rope(), cache_config, pool, so.prefill_chunk);
+  // A budget that cannot hold even the smallest sequence would start a server that answers
+  // every request with 400: refuse it now.
+  const std::size_t smallest = footprint.bytes_for(1, 2);
+  if (smallest > budget) {
+    fail_usage(
+        "--kv-budget {} admits no sequence: the smallest (a 1-token prompt and 1 token "
+        "out) needs {:.2f} MiB with --kv {}; give at least that",
+        options.kv_budget, double(smallest) / double(1 << 20), mo.kv);
+  }
   const Model& m = *model;
   server::CacheFactory caches = [&m, &mo](int capacity) { return make_cache(m, mo, capacity); };
 
   server::Metrics metrics(budget, options.max_seqs);
   server::Scheduler scheduler(m, tokenizer, pool, caches, footprint, so, metrics);
   server::HttpOptions ho;
-  ho.model_id = options.model_id.empty()
-                    ? std::filesystem::path(mo.model_path).stem().string()
-                    : options.model_id;
+  ho.model_id = options.model_id.empty() ? std::filesystem::path(mo.model_path).stem().string()
+                                         : options.model_id;
   ho.chat_default_max_tokens = options.chat_max_tokens;
-  // Each streaming or waiting request holds an HTTP thread; the rest serve /metrics etc.
-  ho.threads = std::min(1024, options.max_seqs + options.queue + 8);
+  ho.max_body_bytes = max_body;
+  ho.api_key = api_key;
+  ho.cors_origins = options.cors_origins;
+  ho.transport.request_timeout =
+      std::chrono::milliseconds(int64_t(options.request_timeout * 1000.0 + 0.5));
+  // Each streaming or waiting request holds a connection thread; the rest serve /health,
+  // /metrics and clients still sending (the oldest of those is dropped when none is left).
+  ho.transport.max_connections = options.max_connections > 0
+                                     ? options.max_connections
+                                     : std::min(4096, options.max_seqs + options.queue + 64);
   server::HttpServer http(scheduler, tokenizer, chat_template, metrics, ho);
   const int port = http.bind(options.host, options.port);
 
@@ -89,18 +131,32 @@ void serve(const ServeOptions& options) {
              double(footprint.fixed_bytes(32)) / mib,
              double(footprint.fixed_bytes(so.prefill_chunk)) / mib, so.prefill_chunk,
              double(budget) / mib, options.max_seqs, options.queue);
+  if (api_key.empty() && !loopback(options.host)) {
+    fmt::print(stderr,
+               "squat serve: warning: listening on {} without --api-key: anyone who can reach "
+               "this address can run generations (set --api-key or SQUAT_API_KEY)\n",
+               options.host);
+  }
   fmt::print(stderr, "squat serve: listening on http://{}:{}\n", options.host, port);
   std::fflush(stderr);
 
   std::thread signal_waiter([&] {
     int signal = 0;
     sigwait(&stop_signals, &signal);
-    fmt::print(stderr, "squat serve: signal {}, stopping\n", signal);
+    if (signal == SIGUSR1) return;  // the server stopped by itself
+    fmt::print(stderr, "squat serve: signal {}, stopping (up to {:g} s for running requests)\n",
+               signal, options.shutdown_grace);
+    std::fflush(stderr);
+    // New requests get 503; running generations get the grace period, then every open
+    // response ends with an error its client can recognise; then the connections close.
+    // (httplib cuts off streams once stopped, so their last events are written first.)
+    scheduler.drain(std::chrono::milliseconds(int64_t(options.shutdown_grace * 1000.0)));
+    http.wait_answered(std::chrono::seconds(5));
     http.stop();
   });
   http.listen();
   scheduler.stop();
-  pthread_kill(signal_waiter.native_handle(), SIGTERM);  // no-op wait if a signal came already
+  pthread_kill(signal_waiter.native_handle(), SIGUSR1);  // no-op wait if a signal came already
   signal_waiter.join();
   fmt::print(stderr, "squat serve: stopped\n");
 }
@@ -135,6 +191,29 @@ void register_serve_command(CLI::App& app) {
                   "max_tokens of chat requests that give none")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
+  cmd->add_option("--max-body", options->max_body,
+                  "Largest request body accepted, after gzip/deflate/br decoding (HTTP 413 "
+                  "beyond)")
+      ->capture_default_str();
+  cmd->add_option("--request-timeout", options->request_timeout,
+                  "Seconds a client may take to send a whole request, headers and body (HTTP "
+                  "408 beyond)")
+      ->capture_default_str();
+  cmd->add_option("--max-connections", options->max_connections,
+                  "Most open connections (each has a thread); when all are taken the one "
+                  "waiting longest for its request is dropped (default: max-seqs + queue + 64)")
+      ->check(CLI::Range(1, 65536));
+  cmd->add_option("--shutdown-grace", options->shutdown_grace,
+                  "On SIGTERM/SIGINT, seconds running requests may take to finish before they "
+                  "end with an error")
+      ->capture_default_str();
+  cmd->add_option("--api-key", options->api_key,
+                  "Require 'Authorization: Bearer KEY' on every endpoint but /health (default: "
+                  "$SQUAT_API_KEY; none if unset)");
+  cmd->add_option("--cors-origin", options->cors_origins,
+                  "Allow cross-origin (browser) requests from this Origin, e.g. "
+                  "http://localhost:3000 (repeatable; * for any). Others get 403")
+      ->allow_extra_args(false);
   cmd->callback([options] { serve(*options); });
 }
 

@@ -32,13 +32,20 @@ namespace {
 
 const char* type_name(const json& value) {
   switch (value.type()) {
-    case json::value_t::null: return "null";
-    case json::value_t::boolean: return "a boolean";
-    case json::value_t::string: return "a string";
-    case json::value_t::array: return "an array";
-    case json::value_t::object: return "an object";
-    case json::value_t::number_float: return "a fractional number";
-    default: return "a number";
+    case json::value_t::null:
+      return "null";
+    case json::value_t::boolean:
+      return "a boolean";
+    case json::value_t::string:
+      return "a string";
+    case json::value_t::array:
+      return "an array";
+    case json::value_t::object:
+      return "an object";
+    case json::value_t::number_float:
+      return "a fractional number";
+    default:
+      return "a number";
   }
 }
 
@@ -81,6 +88,19 @@ int64_t integer_in(const json& body, const char* name, int64_t low, int64_t high
   return x;
 }
 
+// A sampling parameter: checked as the float the sampler gets, so a double that passes the
+// range but rounds outside it (top_p 1e-300 -> 0) is refused here, not in the middle of a step.
+float float_in(const json& body, const char* name, float low, float high, float fallback,
+               bool low_open = false) {
+  const double x = number_in(body, name, low, high, fallback, low_open);
+  const float f = float(x);
+  if (!std::isfinite(f) || f < low || f > high || (low_open && f == low)) {
+    refuse(name, fmt::format("'{}' must be in {}{}, {}] as a 32-bit float; {} rounds to {}", name,
+                             low_open ? "(" : "[", low, high, field(body, name)->dump(), f));
+  }
+  return f;
+}
+
 bool boolean(const json& body, const char* name, bool fallback) {
   const json* v = field(body, name);
   if (!v) return fallback;
@@ -111,8 +131,8 @@ std::vector<std::string> stop_strings(const json& body) {
       stops.push_back(text_of((*v)[i], fmt::format("stop[{}]", i)));
     }
   } else {
-    refuse("stop", fmt::format("'stop' must be a string or an array of strings, got {}",
-                               type_name(*v)));
+    refuse("stop",
+           fmt::format("'stop' must be a string or an array of strings, got {}", type_name(*v)));
   }
   for (const std::string& s : stops) {
     if (s.empty() || s.size() > 256) {
@@ -143,13 +163,18 @@ std::string message_content(const json& content, const std::string& param) {
   return text;
 }
 
-std::vector<ChatMessage> chat_messages(const json& body) {
+std::vector<ChatMessage> chat_messages(const json& body, int max_messages) {
   const json* v = field(body, "messages");
   if (!v) refuse("messages", "'messages' is required: an array of {role, content} objects");
   if (!v->is_array() || v->empty()) {
     refuse("messages", fmt::format("'messages' must be a non-empty array of {{role, content}} "
                                    "objects, got {}",
                                    v->is_array() ? "an empty array" : type_name(*v)));
+  }
+  if (v->size() > std::size_t(max_messages)) {
+    refuse("messages", fmt::format("'messages' holds {} messages; a conversation that fits the "
+                                   "context of {} tokens has fewer",
+                                   v->size(), max_messages));
   }
   std::vector<ChatMessage> messages;
   for (std::size_t i = 0; i < v->size(); ++i) {
@@ -168,8 +193,8 @@ std::vector<ChatMessage> chat_messages(const json& body) {
     if (!m.contains("content") || m["content"].is_null()) {
       refuse(where + ".content", fmt::format("'{}.content' is required", where));
     }
-    messages.push_back({role == "developer" ? "system" : role,
-                        message_content(m["content"], where + ".content")});
+    messages.push_back(
+        {role == "developer" ? "system" : role, message_content(m["content"], where + ".content")});
   }
   return messages;
 }
@@ -200,18 +225,76 @@ void refuse_unsupported(const json& body, Endpoint endpoint) {
   if (const json* v = field(body, "tools"); v && !(v->is_array() && v->empty())) {
     refuse("tools", "'tools' is not supported by this server");
   }
+  if (const json* v = field(body, "response_format")) {
+    if (!v->is_object() || v->value("type", json()) != "text") {
+      refuse("response_format",
+             "'response_format' is not supported by this server: only {\"type\": \"text\"} "
+             "(no JSON mode or schema)");
+    }
+  }
+}
+
+// A prompt of token ids: [1, 2, 3], or [[1, 2, 3]] (one prompt of a batch).
+bool token_prompt(const json& p, int context_tokens, std::vector<int32_t>& out) {
+  const json* ids = &p;
+  if (p.size() == 1 && p[0].is_array()) ids = &p[0];
+  if (ids->empty() || !(*ids)[0].is_number()) return false;
+  if (int64_t(ids->size()) >= context_tokens) {
+    refuse("prompt", fmt::format("the prompt has {} tokens but a sequence holds at most {} "
+                                 "(prompt and output together; the server's -c/--context)",
+                                 ids->size(), context_tokens));
+  }
+  for (std::size_t i = 0; i < ids->size(); ++i) {
+    const json& id = (*ids)[i];
+    if (!id.is_number_integer() ||
+        (id.is_number_integer() && !id.is_number_unsigned() && id.get<int64_t>() < 0) ||
+        (id.is_number_unsigned() && id.get<uint64_t>() > uint64_t(INT32_MAX))) {
+      refuse("prompt", fmt::format("'prompt' as token ids must hold non-negative integers; "
+                                   "item {} is {}",
+                                   i, id.dump()));
+    }
+    out.push_back(int32_t(id.get<int64_t>()));
+  }
+  return true;
+}
+
+}  // namespace
+
+int max_json_values(int context_tokens) { return 4 * std::max(context_tokens, 1024); }
+
+namespace {
+
+// The body as JSON, refused before it costs more than its bounds allow: nesting depth and the
+// number of values are checked while parsing, not after.
+json parse_bounded(const std::string& text, int context_tokens) {
+  const int max_values = max_json_values(context_tokens);
+  int values = 0;
+  const json::parser_callback_t check = [&](int depth, json::parse_event_t event, json&) {
+    if (depth > kMaxJsonDepth) {
+      refuse("", fmt::format("the request body nests JSON deeper than {} levels", kMaxJsonDepth));
+    }
+    if (event == json::parse_event_t::value || event == json::parse_event_t::object_start ||
+        event == json::parse_event_t::array_start) {
+      if (++values > max_values) {
+        refuse("", fmt::format("the request body holds more than {} JSON values (a prompt of "
+                               "token ids may hold up to the context of {} tokens)",
+                               max_values, context_tokens));
+      }
+    }
+    return true;
+  };
+  try {
+    return json::parse(text, check);
+  } catch (const json::exception& e) {
+    refuse("", fmt::format("the request body is not valid JSON ({})", e.what()));
+  }
 }
 
 }  // namespace
 
 CompletionRequest parse_completion_request(const std::string& text, Endpoint endpoint,
                                            int context_tokens, int chat_default_max_tokens) {
-  json body;
-  try {
-    body = json::parse(text);
-  } catch (const json::exception& e) {
-    refuse("", fmt::format("the request body is not valid JSON ({})", e.what()));
-  }
+  const json body = parse_bounded(text, context_tokens);
   if (!body.is_object()) {
     refuse("", fmt::format("the request body must be a JSON object, got {}", type_name(body)));
   }
@@ -222,7 +305,9 @@ CompletionRequest parse_completion_request(const std::string& text, Endpoint end
   if (endpoint == Endpoint::Completions) {
     const json* p = field(body, "prompt");
     if (!p) refuse("prompt", "'prompt' is required: the text to continue");
-    if (p->is_array()) {
+    if (p->is_array() && token_prompt(*p, context_tokens, r.prompt_tokens)) {
+      r.prompt_is_tokens = true;
+    } else if (p->is_array()) {
       if (p->size() != 1) {
         refuse("prompt", fmt::format("'prompt' as an array must hold exactly one string (send one "
                                      "request per prompt), got {} items",
@@ -233,19 +318,19 @@ CompletionRequest parse_completion_request(const std::string& text, Endpoint end
       r.prompt = text_of(*p, "prompt");
     }
   } else {
-    r.messages = chat_messages(body);
+    r.messages = chat_messages(body, context_tokens);
   }
 
   const int default_max = endpoint == Endpoint::Completions
                               ? std::min(16, context_tokens)
                               : std::min(chat_default_max_tokens, context_tokens);
-  const char* max_name = field(body, "max_completion_tokens") ? "max_completion_tokens"
-                                                              : "max_tokens";
+  const char* max_name =
+      field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
   r.max_tokens = int(integer_in(body, max_name, 1, context_tokens, default_max));
   r.max_tokens_given = field(body, max_name) != nullptr;
 
-  r.sampling.temperature = float(number_in(body, "temperature", 0.0, 2.0, 1.0));
-  r.sampling.top_p = float(number_in(body, "top_p", 0.0, 1.0, 1.0, true));
+  r.sampling.temperature = float_in(body, "temperature", 0.0f, 2.0f, 1.0f);
+  r.sampling.top_p = float_in(body, "top_p", 0.0f, 1.0f, 1.0f, true);
   r.sampling.top_k = int(integer_in(body, "top_k", 0, 1 << 30, 0));
   if (field(body, "seed")) {
     r.sampling.seed = uint64_t(integer_in(body, "seed", std::numeric_limits<int64_t>::min(),

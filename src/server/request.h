@@ -42,8 +42,10 @@ enum class Endpoint { Completions, ChatCompletions };
 
 struct CompletionRequest {
   Endpoint endpoint = Endpoint::Completions;
-  std::string model;                  // as the client named it (echoed back)
-  std::string prompt;                 // completions
+  std::string model;                   // as the client named it (responses name the served model)
+  std::string prompt;                  // completions
+  std::vector<int32_t> prompt_tokens;  // completions given token ids (ids >= 0; vocab unchecked)
+  bool prompt_is_tokens = false;
   std::vector<ChatMessage> messages;  // chat completions
   int max_tokens = 16;
   bool max_tokens_given = false;  // false: the default, which a long prompt may shorten
@@ -51,15 +53,23 @@ struct CompletionRequest {
   bool seeded = false;  // false: the server draws a seed
   std::vector<std::string> stop;
   bool stream = false;
-  bool ignore_eos = false;  // extension (as in vLLM and llama.cpp): always max_tokens tokens
+  bool ignore_eos = false;     // extension (as in vLLM and llama.cpp): always max_tokens tokens
   bool include_usage = false;  // stream_options.include_usage: a last chunk with token counts
 };
 
 // Defaults (OpenAI's): max_tokens 16 for completions, and for chat what the context leaves
 // (capped at `chat_default_max_tokens`); temperature 1, top_p 1, no top_k. Throws RequestError
-// for malformed JSON, a field of the wrong type or out of range, n != 1, and options this server
-// does not implement (logprobs, echo, best_of > 1, penalties, logit_bias, suffix).
-// `context_tokens`: the most a sequence may hold, the bound for max_tokens.
+// for malformed JSON, JSON nested deeper than kMaxJsonDepth or holding more values than
+// max_json_values(context_tokens), a field of the wrong type or out of range (sampling numbers
+// checked as the 32-bit floats the sampler uses), n != 1, and options this server does not
+// implement (logprobs, echo, best_of > 1, logit_bias, suffix, tools, response_format other
+// than text). `context_tokens`: the most a sequence may hold, the bound for max_tokens, for a
+// prompt given as token ids and for the number of chat messages.
+constexpr int kMaxJsonDepth = 16;
+// Values (numbers, strings, arrays, objects...) a request body may hold: room for a prompt of
+// token ids as long as the context, and then some.
+int max_json_values(int context_tokens);
+
 CompletionRequest parse_completion_request(const std::string& body, Endpoint endpoint,
                                            int context_tokens, int chat_default_max_tokens = 256);
 

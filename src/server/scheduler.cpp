@@ -18,7 +18,25 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
 
 double mib(std::size_t bytes) { return double(bytes) / double(1 << 20); }
 
+const char* shutting_down = "the server is shutting down";
+
 }  // namespace
+
+const char* to_string(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::Stop:
+      return "stop";
+    case FinishReason::Length:
+      return "length";
+    case FinishReason::Cancelled:
+      return "cancelled";
+    case FinishReason::Error:
+      return "error";
+    case FinishReason::Shutdown:
+      return "shutdown";
+  }
+  return "error";
+}
 
 bool Generation::take(std::string& out, std::chrono::milliseconds timeout) {
   std::unique_lock lock(mutex_);
@@ -37,7 +55,7 @@ void Generation::emit(const std::string& text, int completion_tokens) {
   changed_.notify_all();
 }
 
-void Generation::finish(const std::string& reason, const std::string& error) {
+void Generation::finish(FinishReason reason, const std::string& error) {
   {
     std::lock_guard lock(mutex_);
     if (finished_) return;
@@ -96,12 +114,28 @@ Scheduler::Scheduler(const Model& model, const Tokenizer& tokenizer, ThreadPool&
 
 Scheduler::~Scheduler() { stop(); }
 
+void Scheduler::drain(std::chrono::milliseconds grace) {
+  {
+    std::unique_lock lock(mutex_);
+    draining_ = true;
+    drained_.wait_for(lock, grace, [&] { return in_flight_ == 0; });
+  }
+  stop();
+}
+
+void Scheduler::ended_locked() {
+  --in_flight_;
+  if (in_flight_ == 0) drained_.notify_all();
+}
+
 void Scheduler::stop() {
   {
     std::lock_guard lock(mutex_);
     stop_ = true;
   }
   wake_.notify_all();
+  // drain() (signal thread) and the owner may both stop: one joins, the other waits for it.
+  std::lock_guard join(join_mutex_);
   if (thread_.joinable()) thread_.join();
 }
 
@@ -120,11 +154,11 @@ std::shared_ptr<Generation> Scheduler::submit(GenerationJob job, Clock::time_poi
                                    prompt, options_.context));
   }
   if (prompt + job.max_tokens > options_.context) {
-    throw RequestError(400, "invalid_request_error", "max_tokens",
-                       fmt::format("the prompt ({} tokens) plus max_tokens ({}) exceed the context "
-                                   "of {} tokens; lower max_tokens to at most {}",
-                                   prompt, job.max_tokens, options_.context,
-                                   options_.context - prompt));
+    throw RequestError(
+        400, "invalid_request_error", "max_tokens",
+        fmt::format("the prompt ({} tokens) plus max_tokens ({}) exceed the context "
+                    "of {} tokens; lower max_tokens to at most {}",
+                    prompt, job.max_tokens, options_.context, options_.context - prompt));
   }
   const std::size_t bytes = projected_bytes(prompt, job.max_tokens);
   if (bytes > options_.budget) {
@@ -138,7 +172,7 @@ std::shared_ptr<Generation> Scheduler::submit(GenerationJob job, Clock::time_poi
   generation->set_prompt_tokens(prompt);
   {
     std::lock_guard lock(mutex_);
-    if (stop_) throw RequestError(503, "server_shutting_down", "", "the server is shutting down");
+    if (stop_ || draining_) throw RequestError(503, "server_shutting_down", "", shutting_down);
     auto w = std::make_unique<Waiting>(Waiting{std::move(job), generation, bytes});
     if (queue_.empty() && budget_.fits(bytes)) {
       budget_.reserve(bytes);
@@ -153,6 +187,7 @@ std::shared_ptr<Generation> Scheduler::submit(GenerationJob job, Clock::time_poi
     } else {
       queue_.push_back(std::move(w));
     }
+    ++in_flight_;
   }
   wake_.notify_all();
   return generation;
@@ -173,7 +208,7 @@ void Scheduler::run() {
     for (auto& a : active) {
       if (a->generation->cancelled()) {
         metrics_.count_cancelled();
-        retire(*a, "cancelled");
+        retire(*a, FinishReason::Cancelled);
       }
     }
     std::erase_if(active, [](const auto& a) { return a->done; });
@@ -181,10 +216,16 @@ void Scheduler::run() {
     std::erase_if(active, [](const auto& a) { return a->done; });
     publish_gauges(active);
   }
-  for (auto& a : active) retire(*a, "error", "the server is shutting down");
+  for (auto& a : active) retire(*a, FinishReason::Shutdown, shutting_down);
   std::lock_guard lock(mutex_);
-  for (auto& w : ready_) w->generation->finish("error", "the server is shutting down");
-  for (auto& w : queue_) w->generation->finish("error", "the server is shutting down");
+  for (auto& w : ready_) {
+    w->generation->finish(FinishReason::Shutdown, shutting_down);
+    ended_locked();
+  }
+  for (auto& w : queue_) {
+    w->generation->finish(FinishReason::Shutdown, shutting_down);
+    ended_locked();
+  }
   ready_.clear();
   queue_.clear();
 }
@@ -193,7 +234,8 @@ void Scheduler::promote_locked(Clock::time_point now) {
   std::erase_if(queue_, [&](const auto& w) {
     if (!w->generation->cancelled()) return false;
     metrics_.count_cancelled();
-    w->generation->finish("cancelled");
+    w->generation->finish(FinishReason::Cancelled);
+    ended_locked();
     return true;
   });
   // First come, first served: a large request at the head is not overtaken by smaller ones.
@@ -218,9 +260,10 @@ void Scheduler::start_admitted(std::vector<std::unique_ptr<Active>>& active) {
       active.push_back(std::make_unique<Active>(std::move(w->job), w->generation, w->bytes,
                                                 caches_(capacity), tokenizer_));
     } catch (const std::exception& e) {  // e.g. out of memory making the cache
-      w->generation->finish("error", e.what());
+      w->generation->finish(FinishReason::Error, e.what());
       std::lock_guard lock(mutex_);
       budget_.release(w->bytes);
+      ended_locked();
     }
   }
 }
@@ -242,8 +285,8 @@ void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
     if (a->fed >= a->job.prompt.size() || prefill_left == 0) continue;
     const std::size_t n = std::min(a->job.prompt.size() - a->fed, std::size_t(prefill_left));
     const bool last = a->fed + n == a->job.prompt.size();
-    inputs.push_back({&a->sequence, std::span<const int32_t>(a->job.prompt.data() + a->fed, n),
-                      last});
+    inputs.push_back(
+        {&a->sequence, std::span<const int32_t>(a->job.prompt.data() + a->fed, n), last});
     a->in_step = true;
     a->wants_logits = last;
     prefill_left -= int(n);
@@ -262,7 +305,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
   try {
     logits = decoder_.eval(inputs);
   } catch (const std::exception& e) {
-    for (Active* a : order) retire(*a, "error", e.what());
+    for (Active* a : order) retire(*a, FinishReason::Error, e.what());
     return;
   }
   metrics_.count_step(rows, sequences);
@@ -278,7 +321,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
     ++row;
     const int32_t token = a.sampler.sample(l, vocab);
     if (!a.job.ignore_eos && tokenizer_.is_eog(token)) {
-      retire(a, "stop");
+      retire(a, FinishReason::Stop);
       continue;
     }
     ++a.generated;
@@ -286,19 +329,19 @@ void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
     a.last_token = now;
     a.generation->emit(a.stops.add(a.decoder.push(token)), a.generated);
     if (a.stops.stopped()) {
-      retire(a, "stop");
+      retire(a, FinishReason::Stop);
     } else if (a.generated >= a.job.max_tokens || a.sequence.n_past() >= a.sequence.capacity()) {
-      retire(a, "length");
+      retire(a, FinishReason::Length);
     } else {
       a.next_token = token;
     }
   }
 }
 
-void Scheduler::retire(Active& a, const std::string& reason, const std::string& error) {
+void Scheduler::retire(Active& a, FinishReason reason, const std::string& error) {
   if (a.done) return;
   a.done = true;
-  const bool complete = reason == "stop" || reason == "length";
+  const bool complete = reason == FinishReason::Stop || reason == FinishReason::Length;
   if (complete) {
     std::string tail = a.stops.add(a.decoder.finish());
     tail += a.stops.finish();
@@ -307,9 +350,8 @@ void Scheduler::retire(Active& a, const std::string& reason, const std::string& 
   const double ttft = seconds_between(a.generation->arrival(), a.first_token);
   const double per_token =
       a.generated > 1 ? seconds_between(a.first_token, a.last_token) / (a.generated - 1) : 0.0;
-  metrics_.count_generation(int(std::min(a.fed, a.job.prompt.size())), a.generated, complete,
-                            ttft, per_token,
-                            seconds_between(a.generation->arrival(), Clock::now()));
+  metrics_.count_generation(int(std::min(a.fed, a.job.prompt.size())), a.generated, complete, ttft,
+                            per_token, seconds_between(a.generation->arrival(), Clock::now()));
   // The cache's memory goes back now, not when the vector is compacted; waiting requests that
   // now fit are admitted for the next step.
   a.sequence = BatchSequence(nullptr);
@@ -317,8 +359,10 @@ void Scheduler::retire(Active& a, const std::string& reason, const std::string& 
     std::lock_guard lock(mutex_);
     budget_.release(a.bytes);
     promote_locked(Clock::now());
+    // Finished under the lock, so drain() cannot see zero in flight before the client can.
+    a.generation->finish(reason, error);
+    ended_locked();
   }
-  a.generation->finish(reason, error);
 }
 
 void Scheduler::publish_gauges(const std::vector<std::unique_ptr<Active>>& active) {

@@ -28,6 +28,11 @@ namespace squat::server {
 
 using Clock = std::chrono::steady_clock;
 
+// How a generation ended. Shutdown: the server stopped before it finished (HTTP 503).
+enum class FinishReason { Stop, Length, Cancelled, Error, Shutdown };
+// "stop", "length", "cancelled", "error", "shutdown" (the first two are OpenAI's finish_reason).
+const char* to_string(FinishReason reason);
+
 // One generation as the HTTP thread that waits for it and the scheduler that runs it share it.
 class Generation {
  public:
@@ -42,7 +47,10 @@ class Generation {
   bool cancelled() const { return cancelled_; }
 
   // Valid once take() returned true.
-  const std::string& finish_reason() const { return finish_reason_; }  // stop, length, error
+  FinishReason finish_reason() const { return finish_reason_; }
+  bool failed() const {
+    return finish_reason_ == FinishReason::Error || finish_reason_ == FinishReason::Shutdown;
+  }
   const std::string& error() const { return error_; }
   int prompt_tokens() const { return prompt_tokens_; }
   int completion_tokens() const { return completion_tokens_; }
@@ -50,7 +58,7 @@ class Generation {
 
   // Scheduler side.
   void emit(const std::string& text, int completion_tokens);
-  void finish(const std::string& reason, const std::string& error = {});
+  void finish(FinishReason reason, const std::string& error = {});
   void set_prompt_tokens(int n) { prompt_tokens_ = n; }
 
  private:
@@ -59,7 +67,8 @@ class Generation {
   std::string pending_;
   bool finished_ = false;
   std::atomic<bool> cancelled_{false};
-  std::string finish_reason_, error_;
+  FinishReason finish_reason_ = FinishReason::Error;
+  std::string error_;
   int prompt_tokens_ = 0;
   int completion_tokens_ = 0;
   Clock::time_point arrival_;
@@ -99,6 +108,9 @@ class Scheduler {
   // Bytes admission reserves for a sequence of prompt + max_tokens tokens.
   std::size_t projected_bytes(int prompt_tokens, int max_tokens) const;
 
+  // Graceful stop: new requests get 503 at once; running and queued ones may finish within
+  // `grace`, then whatever is left ends with FinishReason::Shutdown. Returns when all ended.
+  void drain(std::chrono::milliseconds grace);
   void stop();
   const SchedulerOptions& options() const { return options_; }
   const CacheFootprint& footprint() const { return footprint_; }
@@ -110,7 +122,9 @@ class Scheduler {
   void start_admitted(std::vector<std::unique_ptr<Active>>& active);
   void promote_locked(Clock::time_point now);
   void step(std::vector<std::unique_ptr<Active>>& active);
-  void retire(Active& a, const std::string& reason, const std::string& error = {});
+  void retire(Active& a, FinishReason reason, const std::string& error = {});
+  // A submitted generation ended (any way): one less in flight.
+  void ended_locked();
   void publish_gauges(const std::vector<std::unique_ptr<Active>>& active);
 
   const Model& model_;
@@ -124,12 +138,16 @@ class Scheduler {
   // A request either fits at once (its bytes are reserved and it goes to ready_, to start at
   // the next step) or waits in queue_, first come first served, until retired sequences free
   // enough of the budget; the queue holds only requests that do not fit yet.
-  std::mutex mutex_;  // guards budget_, ready_, queue_ and stop_
+  std::mutex mutex_;  // guards budget_, ready_, queue_, in_flight_, draining_ and stop_
   std::condition_variable wake_;
   AdmissionBudget budget_;
   std::vector<std::unique_ptr<Waiting>> ready_;
   std::deque<std::unique_ptr<Waiting>> queue_;
+  int in_flight_ = 0;  // submitted and not yet ended
+  bool draining_ = false;
+  std::condition_variable drained_;
   bool stop_ = false;
+  std::mutex join_mutex_;
   std::thread thread_;
 };
 

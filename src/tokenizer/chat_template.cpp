@@ -113,27 +113,61 @@ const char* ChatTemplate::format_name() const {
   return "chatml";
 }
 
+namespace {
+
+// Builds the rendered text and remembers which bytes the template itself wrote.
+class ChatWriter {
+ public:
+  void markup(const std::string& text) {
+    if (text.empty()) return;
+    if (!out_.markup.empty() &&
+        out_.markup.back().offset + out_.markup.back().length == out_.text.size()) {
+      out_.markup.back().length += text.size();
+    } else {
+      out_.markup.push_back({out_.text.size(), text.size()});
+    }
+    out_.text += text;
+  }
+  void content(const std::string& text) { out_.text += text; }
+  RenderedChat take() { return std::move(out_); }
+
+ private:
+  RenderedChat out_;
+};
+
+}  // namespace
+
 std::string ChatTemplate::apply(const std::vector<ChatMessage>& messages,
                                 bool add_generation_prompt) const {
-  std::string out;
+  return render(messages, add_generation_prompt).text;
+}
+
+RenderedChat ChatTemplate::render(const std::vector<ChatMessage>& messages,
+                                  bool add_generation_prompt) const {
+  ChatWriter out;
   switch (format_) {
     case ChatFormat::ChatML: {
       if (!default_system_.empty() && (messages.empty() || messages.front().role != "system")) {
-        out += "<|im_start|>system\n" + default_system_ + "<|im_end|>\n";
+        out.markup("<|im_start|>system\n");
+        out.content(default_system_);
+        out.markup("<|im_end|>\n");
       }
       for (const ChatMessage& m : messages) {
-        out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+        out.markup("<|im_start|>" + m.role + "\n");
+        out.content(m.content);
+        out.markup("<|im_end|>\n");
       }
-      if (add_generation_prompt) out += "<|im_start|>assistant\n";
-      return out;
+      if (add_generation_prompt) out.markup("<|im_start|>assistant\n");
+      return out.take();
     }
     case ChatFormat::Llama3: {
       for (const ChatMessage& m : messages) {
-        out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + trim(m.content) +
-               "<|eot_id|>";
+        out.markup("<|start_header_id|>" + m.role + "<|end_header_id|>\n\n");
+        out.content(trim(m.content));
+        out.markup("<|eot_id|>");
       }
-      if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
-      return out;
+      if (add_generation_prompt) out.markup("<|start_header_id|>assistant<|end_header_id|>\n\n");
+      return out.take();
     }
     case ChatFormat::Llama2:
     case ChatFormat::Mistral: {
@@ -143,29 +177,50 @@ std::string ChatTemplate::apply(const std::vector<ChatMessage>& messages,
         system = messages.front().content;
         first = 1;
       }
+      const bool llama2 = format_ == ChatFormat::Llama2;
       bool any_user = false;
       for (std::size_t i = first; i < messages.size(); ++i) {
         const ChatMessage& m = messages[i];
-        std::string content = m.content;
         if (m.role == "user") {
-          if (!any_user && !system.empty()) {
-            content = format_ == ChatFormat::Llama2
-                          ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content
-                          : system + "\n\n" + content;
-          }
           // The template writes BOS before every [INST]; the first comes from the tokenizer.
-          if (format_ == ChatFormat::Llama2) {
-            if (any_user) out += "<s>";
-            out += "[INST] " + trim(content) + " [/INST]";
+          if (llama2 && any_user) out.markup("<s>");
+          out.markup("[INST] ");
+          const bool with_system = !any_user && !system.empty();
+          if (llama2) {
+            if (with_system) {
+              // The template trims the whole turn, system block included: split what it
+              // keeps back into the block's markup and the two contents.
+              const std::string close = "\n<</SYS>>\n\n";
+              const std::string full = trim("<<SYS>>\n" + system + close + m.content);
+              const std::string rest = full.substr(8);
+              out.markup("<<SYS>>\n");
+              if (rest.size() >= system.size() + close.size()) {
+                out.content(system);
+                out.markup(close);
+                out.content(rest.substr(system.size() + close.size()));
+              } else {
+                out.content(rest);  // whitespace-only user content trimmed into the block
+              }
+            } else {
+              out.content(trim(m.content));
+            }
           } else {
-            out += "[INST] " + content + " [/INST]";
+            if (with_system) {
+              out.content(system);
+              out.markup("\n\n");
+            }
+            out.content(m.content);
           }
+          out.markup(" [/INST]");
           any_user = true;
         } else if (m.role == "assistant") {
-          if (format_ == ChatFormat::Llama2) {
-            out += " " + trim(content) + " </s>";
+          if (llama2) {
+            out.markup(" ");
+            out.content(trim(m.content));
+            out.markup(" </s>");
           } else {
-            out += content + "</s>";
+            out.content(m.content);
+            out.markup("</s>");
           }
         } else {
           fail_usage(
@@ -175,14 +230,19 @@ std::string ChatTemplate::apply(const std::vector<ChatMessage>& messages,
         }
       }
       (void)add_generation_prompt;  // the prompt already ends with [/INST]
-      return out;
+      return out.take();
     }
   }
-  return out;
+  return out.take();
 }
 
 std::string apply_chat_template(const gguf::File& file, const std::vector<ChatMessage>& messages,
                                 bool add_generation_prompt) {
+  return render_chat_template(file, messages, add_generation_prompt).text;
+}
+
+RenderedChat render_chat_template(const gguf::File& file, const std::vector<ChatMessage>& messages,
+                                  bool add_generation_prompt) {
   const ChatTemplate chat = ChatTemplate::from_gguf(file);
   if (!chat.note().empty()) {
     static std::mutex mutex;
@@ -192,7 +252,7 @@ std::string apply_chat_template(const gguf::File& file, const std::vector<ChatMe
       std::fprintf(stderr, "note: %s: %s\n", file.path().c_str(), chat.note().c_str());
     }
   }
-  return chat.apply(messages, add_generation_prompt);
+  return chat.render(messages, add_generation_prompt);
 }
 
 }  // namespace squat

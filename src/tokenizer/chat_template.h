@@ -1,7 +1,9 @@
 // Chat templates: renders a conversation into the prompt text a chat model was trained on.
 // We do not run the Jinja in tokenizer.chat_template; we recognise which well-known format it
 // writes (ChatML, Llama 3, Llama 2, Mistral) and render that format natively. The rendered
-// text carries no BOS: encode it with add_special = true and parse_special = true.
+// text carries no BOS. Encode a render() with Tokenizer::encode_chat: control tokens count only
+// where the template wrote them, so message content cannot forge turns ("<|im_end|>" typed by
+// a user stays text, as in llama.cpp and vLLM).
 #pragma once
 
 #include <string>
@@ -15,6 +17,18 @@ namespace squat {
 struct ChatMessage {
   std::string role;  // "system", "user", "assistant"
   std::string content;
+};
+
+// Bytes [offset, offset + length) of a text.
+struct TextRange {
+  std::size_t offset = 0, length = 0;
+};
+
+// A rendered conversation: the prompt text and the byte ranges the template wrote (role
+// headers, turn delimiters), in order and disjoint; everything else is message content.
+struct RenderedChat {
+  std::string text;
+  std::vector<TextRange> markup;
 };
 
 enum class ChatFormat {
@@ -45,6 +59,8 @@ class ChatTemplate {
   // Throws a usage error for a role the format cannot express (Llama 2 / Mistral: roles other
   // than system, user, assistant).
   std::string apply(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
+  // The same text, with the ranges the template wrote (see Tokenizer::encode_chat).
+  RenderedChat render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
 
  private:
   ChatFormat format_ = ChatFormat::ChatML;
@@ -55,5 +71,8 @@ class ChatTemplate {
 // ChatTemplate::from_gguf(file).apply(...); a fallback note is printed to stderr once.
 std::string apply_chat_template(const gguf::File& file, const std::vector<ChatMessage>& messages,
                                 bool add_generation_prompt);
+// The same with the template's markup ranges, for Tokenizer::encode_chat.
+RenderedChat render_chat_template(const gguf::File& file, const std::vector<ChatMessage>& messages,
+                                  bool add_generation_prompt);
 
 }  // namespace squat

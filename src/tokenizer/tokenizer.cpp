@@ -205,10 +205,30 @@ struct Fragment {
   std::size_t offset, length;
 };
 
+// Whether control token text at [offset, offset + length) lies wholly inside one range of
+// `markup` (sorted, disjoint).
+bool inside(const std::vector<TextRange>& markup, std::size_t offset, std::size_t length) {
+  auto it = std::upper_bound(markup.begin(), markup.end(), offset,
+                             [](std::size_t at, const TextRange& r) { return at < r.offset; });
+  if (it == markup.begin()) return false;
+  --it;
+  return offset + length <= it->offset + it->length;
+}
+
 }  // namespace
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special,
                                        bool parse_special) const {
+  return encode_impl(text, add_special, parse_special, nullptr);
+}
+
+std::vector<int32_t> Tokenizer::encode_chat(const RenderedChat& chat, bool add_special) const {
+  return encode_impl(chat.text, add_special, true, &chat.markup);
+}
+
+std::vector<int32_t> Tokenizer::encode_impl(std::string_view text, bool add_special,
+                                            bool parse_special,
+                                            const std::vector<TextRange>* markup) const {
   const Impl& impl = *impl_;
   const Vocab& vocab = impl.vocab;
   if (text.size() > std::size_t(INT32_MAX)) {
@@ -239,7 +259,12 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special,
       const std::string_view body = text.substr(fragment.offset, fragment.length);
       std::size_t pos = 0;
       while (true) {
-        const std::size_t hit = body.find(special, pos);
+        std::size_t hit = body.find(special, pos);
+        // Control tokens outside the template's markup stay text (user-defined ones do not).
+        while (hit != std::string_view::npos && markup && type != TokenType::UserDefined &&
+               !inside(*markup, fragment.offset + hit, special.size())) {
+          hit = body.find(special, hit + 1);
+        }
         if (hit == std::string_view::npos) break;
         found = true;
         if (hit > pos) next.push_back({-1, fragment.offset + pos, hit - pos});

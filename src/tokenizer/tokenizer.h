@@ -33,6 +33,10 @@ class Tokenizer {
   // than characters. User-defined tokens are always matched as whole tokens.
   // Throws squat::Error when the text is not valid UTF-8 (naming the byte offset).
   std::vector<int32_t> encode(std::string_view text, bool add_special, bool parse_special) const;
+  // A chat prompt: control tokens are recognised only where they lie wholly inside the
+  // template's markup ranges; message content is plain text. Same tokens as
+  // encode(chat.text, add_special, true) when the content holds no control-token text.
+  std::vector<int32_t> encode_chat(const RenderedChat& chat, bool add_special) const;
 
   // The text of a whole sequence: the concatenated pieces, except that the space a
   // SentencePiece vocabulary prepends (add_space_prefix) is removed from the first piece.
@@ -68,6 +72,8 @@ class Tokenizer {
 
  private:
   explicit Tokenizer(std::shared_ptr<const Impl> impl);
+  std::vector<int32_t> encode_impl(std::string_view text, bool add_special, bool parse_special,
+                                   const std::vector<TextRange>* markup) const;
   std::shared_ptr<const Impl> impl_;
 };
 

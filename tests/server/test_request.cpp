@@ -71,9 +71,9 @@ TEST(Request, ChatMessagesAndDefaults) {
   EXPECT_EQ(r.messages[0].role, "system");
   EXPECT_EQ(r.messages[1].content, "Hi there");
   EXPECT_EQ(r.max_tokens, 256);
-  EXPECT_EQ(chat(R"({"messages":[{"role":"user","content":"x"}],"max_completion_tokens":5})")
-                .max_tokens,
-            5);
+  EXPECT_EQ(
+      chat(R"({"messages":[{"role":"user","content":"x"}],"max_completion_tokens":5})").max_tokens,
+      5);
 }
 
 TEST(Request, MalformedBodies) {
@@ -87,7 +87,8 @@ TEST(Request, WrongTypesNameTheField) {
   EXPECT_EQ(refused_param(R"({})"), "prompt");
   EXPECT_EQ(refused_param(R"({"prompt":5})"), "prompt");
   EXPECT_EQ(refused_param(R"({"prompt":["a","b"]})"), "prompt");
-  EXPECT_EQ(refused_param(R"({"prompt":[7]})"), "prompt[0]");
+  EXPECT_EQ(refused_param(R"({"prompt":[true]})"), "prompt[0]");
+  EXPECT_EQ(refused_param(R"({"prompt":[7, "a"]})"), "prompt");
   EXPECT_EQ(refused_param(R"({"prompt":"x","model":3})"), "model");
   EXPECT_EQ(refused_param(R"({"prompt":"x","max_tokens":"8"})"), "max_tokens");
   EXPECT_EQ(refused_param(R"({"prompt":"x","max_tokens":2.5})"), "max_tokens");
@@ -143,14 +144,74 @@ TEST(Request, UnsupportedOptionsAreRefusedNotIgnored) {
             "accepted");
 }
 
+// The OpenAI API (and its client) send prompts as token ids too: [ids] or [[ids]].
+TEST(Request, PromptAsTokenIds) {
+  CompletionRequest r = completion(R"({"prompt":[1, 2, 300]})");
+  EXPECT_TRUE(r.prompt_is_tokens);
+  EXPECT_EQ(r.prompt_tokens, (std::vector<int32_t>{1, 2, 300}));
+  r = completion(R"({"prompt":[[5, 6]]})");
+  EXPECT_TRUE(r.prompt_is_tokens);
+  EXPECT_EQ(r.prompt_tokens, (std::vector<int32_t>{5, 6}));
+  EXPECT_FALSE(completion(R"({"prompt":["text"]})").prompt_is_tokens);
+  EXPECT_EQ(refused_param(R"({"prompt":[1, -2]})"), "prompt");
+  EXPECT_EQ(refused_param(R"({"prompt":[1, 2.5]})"), "prompt");
+  EXPECT_EQ(refused_param(R"({"prompt":[1, 3000000000]})"), "prompt");
+  EXPECT_EQ(refused_param(R"({"prompt":[[1], [2]]})"), "prompt");
+  // More ids than the context holds.
+  std::string many = "[";
+  for (int i = 0; i < kContext; ++i) many += (i ? ",1" : "1");
+  EXPECT_EQ(refused_param(R"({"prompt":)" + many + "]}"), "prompt");
+}
+
+// Sampling numbers are checked as the 32-bit floats the sampler gets: 1e-300 passes (0, 1] as a
+// double but is 0 as a float.
+TEST(Request, SamplingNumbersCheckedInFloatPrecision) {
+  EXPECT_EQ(refused_param(R"({"prompt":"x","top_p":1e-300})"), "top_p");
+  EXPECT_EQ(refused_param(R"({"prompt":"x","top_p":1e-46})"), "top_p");
+  EXPECT_EQ(refused_param(R"({"prompt":"x","top_p":1e-30})"), "accepted");
+  EXPECT_FLOAT_EQ(completion(R"({"prompt":"x","top_p":1e-30})").sampling.top_p, 1e-30f);
+}
+
+TEST(Request, ResponseFormatOtherThanTextIsRefused) {
+  EXPECT_EQ(refused_param(R"({"prompt":"x","response_format":{"type":"json_object"}})"),
+            "response_format");
+  EXPECT_EQ(refused_param(R"({"prompt":"x","response_format":"json"})"), "response_format");
+  EXPECT_EQ(refused_param(R"({"prompt":"x","response_format":{"type":"text"}})"), "accepted");
+}
+
+// Parsing JSON costs many times the body: nesting depth, the number of values and of messages
+// are bounded while parsing.
+TEST(Request, JsonShapeIsBounded) {
+  const std::string deep =
+      std::string(kMaxJsonDepth + 1, '[') + std::string(kMaxJsonDepth + 1, ']');
+  EXPECT_EQ(refused_param(R"({"prompt":"x","extra":)" + deep + "}"), "");
+  const std::string ok_depth =
+      std::string(kMaxJsonDepth - 1, '[') + std::string(kMaxJsonDepth - 1, ']');
+  EXPECT_EQ(refused_param(R"({"prompt":"x","extra":)" + ok_depth + "}"), "accepted");
+  std::string wide = "[";
+  for (int i = 0; i <= max_json_values(kContext); ++i) wide += (i ? ",[]" : "[]");
+  try {
+    completion(R"({"prompt":"x","extra":)" + wide + "]}");
+    ADD_FAILURE() << "accepted";
+  } catch (const RequestError& e) {
+    EXPECT_NE(std::string(e.what()).find("JSON values"), std::string::npos) << e.what();
+  }
+  std::string messages = "[";
+  for (int i = 0; i <= kContext; ++i) {
+    messages += std::string(i ? "," : "") + R"({"role":"user","content":"x"})";
+  }
+  EXPECT_EQ(refused_param(R"({"messages":)" + messages + "]}", Endpoint::ChatCompletions),
+            "messages");
+}
+
 TEST(Request, ErrorBodyHasOpenAiShape) {
   const auto body = nlohmann::json::parse(
       error_body(RequestError(400, "invalid_request_error", "top_p", "'top_p' must be ...")));
   EXPECT_EQ(body["error"]["message"], "'top_p' must be ...");
   EXPECT_EQ(body["error"]["type"], "invalid_request_error");
   EXPECT_EQ(body["error"]["param"], "top_p");
-  EXPECT_TRUE(nlohmann::json::parse(error_body("m", "server_error", ""))["error"]["param"]
-                  .is_null());
+  EXPECT_TRUE(
+      nlohmann::json::parse(error_body("m", "server_error", ""))["error"]["param"].is_null());
 }
 
 }  // namespace
