@@ -202,11 +202,6 @@ std::vector<ChatMessage> chat_messages(const json& body, int max_messages) {
 // Options of the OpenAI API this server does not implement: refused unless left at their
 // neutral value, so a client never silently gets something other than it asked for.
 void refuse_unsupported(const json& body, Endpoint endpoint) {
-  for (const char* name : {"presence_penalty", "frequency_penalty"}) {
-    if (number_in(body, name, -2.0, 2.0, 0.0) != 0.0) {
-      refuse(name, fmt::format("'{}' is not supported by this server (only 0)", name));
-    }
-  }
   if (const json* v = field(body, "logprobs")) {
     if (!(v->is_boolean() && !v->get<bool>())) {
       refuse("logprobs", "'logprobs' is not supported by this server");
@@ -332,6 +327,11 @@ CompletionRequest parse_completion_request(const std::string& text, Endpoint end
   r.sampling.temperature = float_in(body, "temperature", 0.0f, 2.0f, 1.0f);
   r.sampling.top_p = float_in(body, "top_p", 0.0f, 1.0f, 1.0f, true);
   r.sampling.top_k = int(integer_in(body, "top_k", 0, 1 << 30, 0));
+  // OpenAI's penalties, and llama.cpp's min_p and repeat_penalty (extensions).
+  r.sampling.presence_penalty = float_in(body, "presence_penalty", -2.0f, 2.0f, 0.0f);
+  r.sampling.frequency_penalty = float_in(body, "frequency_penalty", -2.0f, 2.0f, 0.0f);
+  r.sampling.min_p = float_in(body, "min_p", 0.0f, 1.0f, 0.0f);
+  r.sampling.repeat_penalty = float_in(body, "repeat_penalty", 0.0f, 10.0f, 1.0f, true);
   if (field(body, "seed")) {
     r.sampling.seed = uint64_t(integer_in(body, "seed", std::numeric_limits<int64_t>::min(),
                                           std::numeric_limits<int64_t>::max(), 0));

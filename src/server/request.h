@@ -63,7 +63,8 @@ struct CompletionRequest {
 // max_json_values(context_tokens), a field of the wrong type or out of range (sampling numbers
 // checked as the 32-bit floats the sampler uses), n != 1, and options this server does not
 // implement (logprobs, echo, best_of > 1, logit_bias, suffix, tools, response_format other
-// than text). `context_tokens`: the most a sequence may hold, the bound for max_tokens, for a
+// than text). Penalties: presence/frequency in [-2, 2], repeat_penalty in (0, 10], min_p in
+// [0, 1] (over the sampler's last 64 tokens, prompt included). `context_tokens`: the most a sequence may hold, the bound for max_tokens, for a
 // prompt given as token ids and for the number of chat messages.
 constexpr int kMaxJsonDepth = 16;
 // Values (numbers, strings, arrays, objects...) a request body may hold: room for a prompt of

@@ -82,7 +82,9 @@ struct Scheduler::Active {
         sequence(std::move(cache)),
         sampler(job.sampling),
         decoder(tokenizer),
-        stops(job.stop) {}
+        stops(job.stop) {
+    sampler.observe(job.prompt);  // penalties count the prompt's tokens too
+  }
   GenerationJob job;
   std::shared_ptr<Generation> generation;
   std::size_t bytes;  // reserved in the budget

@@ -135,7 +135,6 @@ TEST(Request, UnsupportedOptionsAreRefusedNotIgnored) {
   EXPECT_EQ(refused_param(R"({"prompt":"x","logprobs":2})"), "logprobs");
   EXPECT_EQ(refused_param(R"({"prompt":"x","echo":true})"), "echo");
   EXPECT_EQ(refused_param(R"({"prompt":"x","best_of":3})"), "best_of");
-  EXPECT_EQ(refused_param(R"({"prompt":"x","frequency_penalty":0.5})"), "frequency_penalty");
   EXPECT_EQ(refused_param(R"({"prompt":"x","logit_bias":{"5":1}})"), "logit_bias");
   EXPECT_EQ(refused_param(R"({"prompt":"x","suffix":"end"})"), "suffix");
   // Their neutral values are fine.
@@ -170,6 +169,21 @@ TEST(Request, SamplingNumbersCheckedInFloatPrecision) {
   EXPECT_EQ(refused_param(R"({"prompt":"x","top_p":1e-46})"), "top_p");
   EXPECT_EQ(refused_param(R"({"prompt":"x","top_p":1e-30})"), "accepted");
   EXPECT_FLOAT_EQ(completion(R"({"prompt":"x","top_p":1e-30})").sampling.top_p, 1e-30f);
+}
+
+TEST(Request, PenaltiesAndMinP) {
+  const CompletionRequest r = completion(
+      R"({"prompt":"x","presence_penalty":0.5,"frequency_penalty":-1,"min_p":0.05,"repeat_penalty":1.1})");
+  EXPECT_FLOAT_EQ(r.sampling.presence_penalty, 0.5f);
+  EXPECT_FLOAT_EQ(r.sampling.frequency_penalty, -1.0f);
+  EXPECT_FLOAT_EQ(r.sampling.min_p, 0.05f);
+  EXPECT_FLOAT_EQ(r.sampling.repeat_penalty, 1.1f);
+  EXPECT_FLOAT_EQ(completion(R"({"prompt":"x"})").sampling.repeat_penalty, 1.0f);
+  EXPECT_EQ(refused_param(R"({"prompt":"x","presence_penalty":2.5})"), "presence_penalty");
+  EXPECT_EQ(refused_param(R"({"prompt":"x","frequency_penalty":"a"})"), "frequency_penalty");
+  EXPECT_EQ(refused_param(R"({"prompt":"x","min_p":1.5})"), "min_p");
+  EXPECT_EQ(refused_param(R"({"prompt":"x","repeat_penalty":0})"), "repeat_penalty");
+  EXPECT_EQ(refused_param(R"({"prompt":"x","repeat_penalty":1e-300})"), "repeat_penalty");
 }
 
 TEST(Request, ResponseFormatOtherThanTextIsRefused) {
