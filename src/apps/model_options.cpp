@@ -1,5 +1,6 @@
 #include "apps/model_options.h"
 
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -67,13 +68,16 @@ void add_model_options(CLI::App& cmd, ModelOptions& options, std::vector<std::st
   cmd.add_option("-m,--model", options.model_path, "GGUF model file")->required();
   cmd.add_option("-t,--threads", options.threads, "Threads (default: all cores)")
       ->check(CLI::Range(0, 1024));
-  cmd.add_option("-c,--context", options.context, "Context size in tokens (prompt + output)")
-      ->check(CLI::Range(1, 1 << 20));
+  cmd.add_option("-c,--context,--ctx-size", options.context,
+                 "Context size in tokens (prompt + output)")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
   // bench has its own --batch (sequences decoded together) and feeds whole prompts.
   if (!kv_list) {
-    cmd.add_option("-b,--batch", options.batch,
-                   "Prompt tokens per forward batch (default 0: the whole prompt in one batch)")
-        ->check(CLI::Range(0, 1 << 20));
+    cmd.add_option("-b,--batch,--batch-size", options.batch,
+                   "Prompt tokens per forward batch (0: the whole prompt in one batch)")
+        ->check(CLI::Range(0, 1 << 20))
+        ->capture_default_str();
   }
 
   auto* group = cmd.add_option_group("KV cache", "How the KV cache is stored");
@@ -139,6 +143,68 @@ void add_model_options(CLI::App& cmd, ModelOptions& options, std::vector<std::st
       ->check(CLI::ExistingFile);
 
   options.command = &cmd;
+}
+
+void add_llama_flags(CLI::App& cmd, ModelOptions& options) {
+  auto* group = cmd.add_option_group("llama.cpp flags", "Accepted with llama.cpp's meaning");
+  group
+      ->add_option("--n-gpu-layers,--gpu-layers", options.gpu_layers,
+                   "-ngl: accepted and ignored (squat runs on the CPU)")
+      ->check(CLI::Range(-1, 1 << 20));
+  group
+      ->add_option("--threads-batch", options.threads_batch,
+                   "-tb: threads for the prompt; used as -t when -t is not given")
+      ->check(CLI::Range(1, 1024));
+  group
+      ->add_option("--flash-attn", options.flash_attn,
+                   "-fa [on|off|auto]: attention here is always fused (online softmax)")
+      ->expected(0, 1)
+      ->default_str("on")
+      ->check(CLI::IsMember({"on", "off", "auto", ""}));
+  const auto cache_types = CLI::IsMember({"f32", "f16", "q8_0", "q4_0"});
+  group
+      ->add_option("--cache-type-k", options.cache_type_k,
+                   "-ctk: f32, f16, q8_0 (= --kv int8), q4_0 (= --kv int4)")
+      ->check(cache_types);
+  group
+      ->add_option("--cache-type-v", options.cache_type_v,
+                   "-ctv: as -ctk; keys and values share one method here")
+      ->check(cache_types);
+}
+
+void apply_llama_flags(ModelOptions& options) {
+  const CLI::App* cmd = options.command;
+  if (!cmd) return;
+  auto given = [&](const char* flag) { return cmd->count(flag) > 0; };
+  if (given("--n-gpu-layers")) {
+    fmt::print(stderr,
+               "note: -ngl/--n-gpu-layers has no effect: this build of squat runs on the "
+               "CPU only\n");
+  }
+  if (given("--threads-batch")) {
+    if (!given("--threads")) {
+      options.threads = options.threads_batch;
+    } else if (options.threads != options.threads_batch) {
+      fmt::print(stderr,
+                 "note: squat uses one thread pool for prompt and decode: -t {} is used, "
+                 "-tb {} ignored\n",
+                 options.threads, options.threads_batch);
+    }
+  }
+  if (given("--flash-attn") && options.flash_attn == "off") {
+    fmt::print(stderr, "note: -fa off has no effect: squat's attention is always fused\n");
+  }
+  const std::string k = options.cache_type_k, v = options.cache_type_v;
+  if (k.empty() && v.empty()) return;
+  if (!k.empty() && !v.empty() && k != v) {
+    fail_usage(
+        "-ctk {} and -ctv {} differ, but squat stores keys and values with one method; "
+        "give one type (or --kv)",
+        k, v);
+  }
+  if (given("--kv")) fail_usage("-ctk/-ctv and --kv both choose the cache method; give one");
+  const std::string type = k.empty() ? v : k;
+  options.kv = type == "q8_0" ? "int8" : type == "q4_0" ? "int4" : type;
 }
 
 void ModelOptions::check_flags(const std::vector<std::string>& methods) const {

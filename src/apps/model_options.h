@@ -36,6 +36,12 @@ struct ModelOptions {
   std::string save_subspace;
   std::string load_subspace;
   const CLI::App* command = nullptr;  // set by add_model_options: which flags were given
+  // llama.cpp's flags, accepted with their meaning where squat has one (add_llama_flags).
+  int gpu_layers = 0;        // -ngl: squat runs on the CPU, noted and ignored
+  int threads_batch = 0;     // -tb: one pool serves prompt and decode
+  std::string flash_attn;    // -fa: attention is always fused (online softmax)
+  std::string cache_type_k;  // -ctk/-ctv: f32, f16, q8_0 (int8), q4_0 (int4)
+  std::string cache_type_v;
 
   // Refuses cache flags that the chosen method would ignore, and conflicting flags. With
   // `methods` (bench's list), a flag is accepted when it applies to at least one of them.
@@ -49,6 +55,15 @@ struct ModelOptions {
 // kivi-2/-4/-8 and squat-2/-4/-8 also set both bit widths; otherwise --kv is one method.
 void add_model_options(CLI::App& cmd, ModelOptions& options,
                        std::vector<std::string>* kv_list = nullptr);
+
+// llama.cpp's -ngl/--n-gpu-layers, -tb/--threads-batch, -fa/--flash-attn and
+// -ctk/-ctv (--cache-type-k/-v), for the commands llama-cli users reach for (run, chat).
+// main() rewrites llama.cpp's single-dash long names (-ngl, -ctk, ...) to these long ones.
+void add_llama_flags(CLI::App& cmd, ModelOptions& options);
+
+// Maps the llama.cpp flags that were given onto squat's (-ctk q8_0 -> --kv int8, -tb -> -t
+// when -t is absent) and prints a one-line note on stderr for those without an effect here.
+void apply_llama_flags(ModelOptions& options);
 
 // Everything a command needs to run a model: loaded once, used for one sequence.
 struct LoadedModel {

@@ -1,5 +1,5 @@
-// `squat run` (one prompt, streamed continuation) and `squat chat` (interactive loop whose
-// history stays in the KV cache).
+// `squat run` (one prompt, streamed continuation) and the registration of `squat chat` (whose
+// loop is in chat_command.cpp).
 #include <fmt/format.h>
 #include <sys/resource.h>
 
@@ -11,6 +11,7 @@
 #include <string>
 
 #include "apps/commands.h"
+#include "apps/generation_options.h"
 #include "apps/model_options.h"
 #include "core/error.h"
 #include "core/files.h"
@@ -22,15 +23,12 @@ namespace squat::apps {
 namespace {
 
 struct RunOptions {
-  ModelOptions model;
+  GenerationOptions gen;
   std::string prompt;
   std::string prompt_file;
-  int n_predict = 128;
-  SamplerParams sampling;
   bool chat = false;
+  bool conversation = false;  // llama.cpp's -cnv: the interactive chat, -p as system prompt
   bool display_prompt = true;
-  std::vector<std::string> stop;
-  std::string stats_json;
 };
 
 // Streams generated text to stdout and ends generation at a stop string; the server's
@@ -45,21 +43,19 @@ class StopStreamer {
     return !filter_.stopped();
   }
   void finish() { emit(filter_.finish()); }
+  // Whether the last byte written was a newline (or nothing was written).
+  bool at_line_start() const { return at_line_start_; }
 
  private:
-  static void emit(const std::string& text) {
+  void emit(const std::string& text) {
+    if (text.empty()) return;
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
+    at_line_start_ = text.back() == '\n';
   }
   server::StopFilter filter_;
+  bool at_line_start_ = true;
 };
-
-void add_sampling_options(CLI::App& cmd, SamplerParams& sampling) {
-  cmd.add_option("--temp", sampling.temperature, "Sampling temperature (0 = greedy)");
-  cmd.add_option("--top-k", sampling.top_k, "Keep the k most likely tokens (0 = all)");
-  cmd.add_option("--top-p", sampling.top_p, "Keep the smallest set reaching this probability");
-  cmd.add_option("--seed", sampling.seed, "Random seed");
-}
 
 std::string read_text_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -67,13 +63,6 @@ std::string read_text_file(const std::string& path) {
   std::ostringstream text;
   text << in.rdbuf();
   return text.str();
-}
-
-// Writes one token's bytes as soon as it is sampled.
-void stream_token(const Tokenizer& tokenizer, int32_t token) {
-  const std::string piece = tokenizer.token_to_piece(token);
-  std::fwrite(piece.data(), 1, piece.size(), stdout);
-  std::fflush(stdout);
 }
 
 // Peak resident set size of this process so far, in bytes.
@@ -85,23 +74,34 @@ std::size_t peak_rss_bytes() {
 
 // What a run measured, printed on stderr and optionally written as JSON.
 void report(const GenerationStats& stats, const InferenceContext& context,
-            const ModelOptions& options, const std::string& json_path) {
+            const GenerationOptions& gen, const std::string& json_path) {
+  const ModelOptions& options = gen.model;
   const AttentionCache& cache = context.cache();
   const ModelConfig& c = context.model().config();
   const std::size_t f16_bytes = std::size_t(cache.n_tokens()) * std::size_t(c.n_layers) *
                                 std::size_t(c.kv_dim()) * 2 * sizeof(uint16_t);
   const std::size_t rss = peak_rss_bytes();
   fmt::print(stderr,
-             "\n\nprompt: {} tokens, {:.1f} tokens/s | decode: {} tokens, {:.1f} tokens/s\n"
-             "KV cache ({}): {} tokens, {} bytes = {:.3f} of fp16 ({} bytes), {:.2f} bits per "
-             "element | peak RSS {:.1f} MiB\n",
+             "\nprompt: {} tokens, {:.1f} tokens/s | decode: {} tokens, {:.1f} tokens/s | seed {}\n"
+             "KV cache ({}): {} tokens, {} = {:.3f} of fp16 ({}), {:.2f} bits per element | "
+             "peak RSS {}\n",
              stats.prompt_tokens, stats.prompt_tokens_per_second(), stats.generated_tokens,
-             stats.decode_tokens_per_second(), options.kv, cache.n_tokens(), cache.bytes(),
-             f16_bytes ? double(cache.bytes()) / double(f16_bytes) : 0.0, f16_bytes,
-             cache.bits_per_element(), double(rss) / (1 << 20));
+             stats.decode_tokens_per_second(), gen.sampling.seed, options.kv, cache.n_tokens(),
+             human_bytes(cache.bytes()),
+             f16_bytes ? double(cache.bytes()) / double(f16_bytes) : 0.0, human_bytes(f16_bytes),
+             cache.bits_per_element(), human_bytes(rss));
+  const bool windowed = options.kv == "kivi" || options.kv == "squat";
+  if (windowed && cache.n_tokens() <= options.residual_length) {
+    fmt::print(stderr,
+               "note: all {} tokens are still in the full-precision residual window "
+               "(--residual-length {}), so nothing is quantized yet and the cache is as large as "
+               "fp16; {}-bit storage starts once more than {} tokens are cached\n",
+               cache.n_tokens(), options.residual_length, options.k_bits, options.residual_length);
+  }
   if (json_path.empty()) return;
-  const nlohmann::json out = {
+  nlohmann::json out = {
       {"kv", options.kv},
+      {"seed", gen.sampling.seed},
       {"prompt_tokens", stats.prompt_tokens},
       {"generated_tokens", stats.generated_tokens},
       {"prompt_tokens_per_s", stats.prompt_tokens_per_second()},
@@ -115,85 +115,56 @@ void report(const GenerationStats& stats, const InferenceContext& context,
   write_file_atomically(json_path, out.dump(2) + "\n");
 }
 
-void run(const RunOptions& options) {
+void run(RunOptions& options) {
+  GenerationOptions& gen = options.gen;
+  finish_generation_options(gen);
+  if (options.conversation) {  // llama.cpp's -cnv: -p/-f become the system prompt
+    if (!options.prompt.empty() || !options.prompt_file.empty()) {
+      gen.system = options.prompt.empty() ? read_text_file(options.prompt_file) : options.prompt;
+    }
+    run_chat(gen);
+    return;
+  }
   if (options.prompt.empty() == options.prompt_file.empty()) {
     fail_usage("give the prompt with exactly one of -p/--prompt or -f/--file");
   }
-  if (options.n_predict < 0) fail_usage("-n/--n-predict must be >= 0, got {}", options.n_predict);
-  for (const std::string& stop : options.stop) {
-    if (stop.empty()) fail_usage("--stop needs a non-empty text");
+  if (!gen.system.empty() && !options.chat) {
+    fail_usage("--system applies to the chat template: add --chat (or use squat chat)");
   }
-  Sampler sampler(options.sampling);
-  LoadedModel loaded = load_model(options.model);
+  if (gen.n_predict > gen.model.context) {
+    fail_usage("-n {} is more than the context holds (-c {}): raise -c/--context or lower -n",
+               gen.n_predict, gen.model.context);
+  }
+  LoadedModel loaded = load_model(gen.model);
+  Sampler sampler = make_sampler(gen, *loaded.tokenizer);
   std::string text = options.prompt.empty() ? read_text_file(options.prompt_file) : options.prompt;
   const bool chat = options.chat;
-  if (chat) text = apply_chat_template(loaded.model->file(), {{"user", text}}, true);
+  if (chat) {
+    std::vector<ChatMessage> messages;
+    if (!gen.system.empty()) messages.push_back({"system", gen.system});
+    messages.push_back({"user", text});
+    text = apply_chat_template(loaded.model->file(), messages, true);
+  }
   const std::vector<int32_t> prompt = loaded.tokenizer->encode(text, true, chat);
   if (int(prompt.size()) > loaded.context->max_tokens()) {
     fail("the prompt has {} tokens but the context holds {} (raise -c/--context)", prompt.size(),
          loaded.context->max_tokens());
   }
   if (!chat && options.display_prompt) std::fwrite(text.data(), 1, text.size(), stdout);
-  StopStreamer streamer(options.stop);
+  StopStreamer streamer(gen.stop);
   const GenerationStats stats = generate(
-      *loaded.context, *loaded.tokenizer, prompt, options.n_predict, sampler,
+      *loaded.context, *loaded.tokenizer, prompt, gen.n_predict, sampler,
       [&](int32_t token) { return streamer.add(loaded.tokenizer->token_to_piece(token)); });
   streamer.finish();
-  save_subspace_if_asked(options.model, *loaded.context);
-  report(stats, *loaded.context, options.model, options.stats_json);
-}
-
-void chat(const RunOptions& options) {
-  Sampler sampler(options.sampling);
-  LoadedModel loaded = load_model(options.model);
-  std::vector<ChatMessage> messages;
-  std::string cached_text;  // the rendered conversation the cache has seen
-  fmt::print(stderr, "squat chat: type a message and press Enter; an empty line or Ctrl-D ends.\n");
-  std::string line;
-  for (;;) {
-    fmt::print(stderr, "> ");
-    if (!std::getline(std::cin, line) || line.empty()) break;
-    messages.push_back({"user", line});
-    std::string rendered = apply_chat_template(loaded.model->file(), messages, true);
-    std::string fresh;
-    if (rendered.compare(0, cached_text.size(), cached_text) == 0) {
-      fresh = rendered.substr(cached_text.size());
-    } else {  // the template rewrote earlier turns: start the cache over
-      loaded.context->reset();
-      fresh = rendered;
-    }
-    if (loaded.context->n_past() + int(loaded.tokenizer->encode(fresh, false, true).size()) +
-            options.n_predict >
-        loaded.context->max_tokens()) {
-      fmt::print(stderr, "[context full: conversation restarted]\n");
-      messages.assign(1, {"user", line});
-      loaded.context->reset();
-      cached_text.clear();
-      rendered = fresh = apply_chat_template(loaded.model->file(), messages, true);
-    }
-    std::string reply;
-    int32_t last_token = -1;
-    // BOS (where the model wants one) only at the very start of the conversation.
-    const std::vector<int32_t> turn =
-        loaded.tokenizer->encode(fresh, loaded.context->n_past() == 0, true);
-    const int cached_before = loaded.context->n_past();
-    const GenerationStats stats = generate(*loaded.context, *loaded.tokenizer, turn,
-                                           options.n_predict, sampler, [&](int32_t token) {
-                                             reply += loaded.tokenizer->token_to_piece(token);
-                                             last_token = token;
-                                             stream_token(*loaded.tokenizer, token);
-                                             return true;
-                                           });
-    // generate() does not feed the last token it sampled; feed it so the cache holds the whole
-    // reply and the next turn only adds the template's text after it.
-    const int fed = loaded.context->n_past() - cached_before - int(turn.size());
-    if (stats.generated_tokens > fed && loaded.context->n_past() < loaded.context->max_tokens()) {
-      loaded.context->eval(std::span<const int32_t>(&last_token, 1));
-    }
-    messages.push_back({"assistant", reply});
-    cached_text = rendered + reply;
-    fmt::print(stderr, "\n[{:.1f} tokens/s, cache {} bytes]\n", stats.decode_tokens_per_second(),
-               loaded.context->cache().bytes());
+  if (!streamer.at_line_start()) std::fputc('\n', stdout);  // end the text's last line
+  std::fflush(stdout);
+  save_subspace_if_asked(gen.model, *loaded.context);
+  report(stats, *loaded.context, gen, gen.stats_json);
+  if (stats.context_full) {
+    fail(
+        "the context is full: {} prompt + {} generated tokens fill -c {} before -n {} tokens "
+        "were generated; raise -c/--context or lower -n",
+        stats.prompt_tokens, stats.generated_tokens, loaded.context->max_tokens(), gen.n_predict);
   }
 }
 
@@ -202,27 +173,33 @@ void chat(const RunOptions& options) {
 void register_run_command(CLI::App& app) {
   auto options = std::make_shared<RunOptions>();
   auto* cmd = app.add_subcommand("run", "Generate a continuation of a prompt");
-  add_model_options(*cmd, options->model);
   cmd->add_option("-p,--prompt", options->prompt, "Prompt text");
   cmd->add_option("-f,--file", options->prompt_file, "Read the prompt from a file");
-  cmd->add_option("-n,--n-predict", options->n_predict, "Tokens to generate");
+  add_generation_options(*cmd, options->gen, "Tokens to generate (at most -c)");
   cmd->add_flag("--chat", options->chat, "Wrap the prompt in the model's chat template");
+  cmd->add_option("--system,--system-prompt", options->gen.system,
+                  "With --chat: the system message (-sys)");
+  cmd->add_flag("--conversation", options->conversation,
+                "-cnv: the interactive chat (as squat chat), with -p/-f as the system prompt");
   cmd->add_flag("!--no-display-prompt", options->display_prompt,
                 "Print only the generated text, not the prompt");
-  cmd->add_option("--stop", options->stop,
-                  "End generation where the output reaches this text (repeatable)");
-  cmd->add_option("--stats-json", options->stats_json,
-                  "Write what the run measured (speed, cache bytes, bits per element, peak RSS)");
-  add_sampling_options(*cmd, options->sampling);
   cmd->callback([options] { run(*options); });
 
-  auto chat_options = std::make_shared<RunOptions>();
+  auto chat_options = std::make_shared<GenerationOptions>();
   chat_options->n_predict = 512;
-  auto* chat_cmd = app.add_subcommand("chat", "Interactive chat; history stays in the KV cache");
-  add_model_options(*chat_cmd, chat_options->model);
-  chat_cmd->add_option("-n,--n-predict", chat_options->n_predict, "Most tokens per reply");
-  add_sampling_options(*chat_cmd, chat_options->sampling);
-  chat_cmd->callback([chat_options] { chat(*chat_options); });
+  auto* chat_cmd = app.add_subcommand(
+      "chat",
+      "Interactive chat; history stays in the KV cache. Ctrl-C stops a reply, Ctrl-C at the "
+      "prompt or Ctrl-D ends; /help lists the commands");
+  add_generation_options(*chat_cmd, *chat_options, "Most tokens per reply");
+  chat_cmd->add_option("--system,--system-prompt", chat_options->system,
+                       "System message at the start of the conversation (-sys)");
+  static bool chat_conversation = false;  // -cnv is chat's own mode: accepted, no effect
+  chat_cmd->add_flag("--conversation", chat_conversation, "-cnv: accepted (this is the chat)");
+  chat_cmd->callback([chat_options] {
+    finish_generation_options(*chat_options);
+    run_chat(*chat_options);
+  });
 }
 
 }  // namespace squat::apps

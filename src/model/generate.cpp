@@ -41,7 +41,10 @@ GenerationStats generate(InferenceContext& context, const Tokenizer& tokenizer,
     }
     ++stats.generated_tokens;
     if (!on_token(token) || i + 1 == max_new_tokens) break;
-    if (context.n_past() >= context.max_tokens()) break;  // context full: stop cleanly
+    if (context.n_past() >= context.max_tokens()) {  // context full: stop cleanly
+      stats.context_full = true;
+      break;
+    }
     start = Clock::now();
     logits = context.eval(std::span<const int32_t>(&token, 1));
     stats.decode_seconds += seconds_since(start);

@@ -78,10 +78,15 @@ int32_t Sampler::argmax(const float* logits, int vocab_size) {
   return int32_t(std::max_element(logits, logits + vocab_size) - logits);
 }
 
+void Sampler::ban(int32_t token) { banned_.push_back(token); }
+
 int32_t Sampler::sample(const float* logits, int vocab_size) {
-  if (penalties_active() && !recent_.empty()) {
+  if ((penalties_active() && !recent_.empty()) || !banned_.empty()) {
     penalized_.assign(logits, logits + vocab_size);
     penalize(penalized_.data(), vocab_size);
+    for (int32_t t : banned_) {
+      if (t >= 0 && t < vocab_size) penalized_[std::size_t(t)] = -INFINITY;
+    }
     logits = penalized_.data();
   }
   if (params_.temperature == 0.0f) {

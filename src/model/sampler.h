@@ -40,6 +40,8 @@ class Sampler {
   // Applies the repetition penalties for the recorded tokens to `logits` in place.
   void penalize(float* logits, int vocab_size);
   bool penalties_active() const;
+  // A token never to sample (e.g. end-of-generation for --ignore-eos): its logit becomes -inf.
+  void ban(int32_t token);
 
   // Index of the largest logit (the lowest index among equal maxima).
   static int32_t argmax(const float* logits, int vocab_size);
@@ -54,6 +56,7 @@ class Sampler {
   std::size_t recent_next_ = 0;
   std::vector<int32_t> sorted_recent_;
   std::vector<float> penalized_;
+  std::vector<int32_t> banned_;
 };
 
 }  // namespace squat

@@ -146,11 +146,11 @@ TEST(Cli, ChatKeepsTheConversationInTheCache) {
   while (std::size_t got = fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, got);
   const int raw = pclose(pipe);
   EXPECT_TRUE(WIFEXITED(raw) && WEXITSTATUS(raw) == 0) << output;
-  // Two replies, each followed by the cache size, which grows with the conversation.
+  // Two replies, each followed by the tokens in the context, which grow with the conversation.
   std::vector<long> sizes;
-  for (std::size_t at = output.find("cache "); at != std::string::npos;
-       at = output.find("cache ", at + 1)) {
-    sizes.push_back(std::stol(output.substr(at + 6)));
+  for (std::size_t at = output.find("context "); at != std::string::npos;
+       at = output.find("context ", at + 1)) {
+    sizes.push_back(std::stol(output.substr(at + 8)));
   }
   ASSERT_EQ(sizes.size(), 2u) << output;
   EXPECT_GT(sizes[1], sizes[0]) << output;

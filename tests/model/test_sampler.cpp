@@ -136,6 +136,16 @@ TEST(Sampler, MinPCutsRelativeToTheMostLikelyTokenBeforeTemperature) {
   EXPECT_NEAR(counts[2] / double(draws), w2 / (w0 + w1 + w2), 0.015);
 }
 
+TEST(Sampler, BannedTokensAreNeverSampled) {
+  const std::vector<float> logits{5.0f, 0.0f, 4.0f};
+  Sampler greedy(SamplerParams{0.0f, 0, 1.0f, 1});
+  greedy.ban(0);
+  EXPECT_EQ(greedy.sample(logits.data(), 3), 2);
+  Sampler hot(SamplerParams{3.0f, 0, 1.0f, 2});
+  hot.ban(0);
+  for (int i = 0; i < 500; ++i) EXPECT_NE(hot.sample(logits.data(), 3), 0);
+}
+
 TEST(Sampler, RejectsBadPenaltiesAndMinP) {
   auto with = [](auto set) {
     SamplerParams p;
