@@ -3,8 +3,11 @@
 //
 // gsm8k: 5-shot prompt (the first five problems of train-first50.jsonl as "Question: ..\nAnswer:
 // ..\n", then "Question: <q>\nAnswer:") or the chat template (--chat), greedy decoding, the final
-// number (after "####", else the last number) compared with the reference's; results are appended
-// to a JSONL file so an interrupted run resumes where it stopped.
+// number (after "####", else the last number; the answer is cut at the next "Question:") compared
+// with the reference's; results are appended to a JSONL file so an interrupted run resumes where
+// it stopped (and says so). --parallel problems decode together through the batched decoder; with
+// a full-precision cache the few-shot prefix is prefilled once and replayed into each problem's
+// cache (what its own prefill would store; quantized caches prefill each prompt whole).
 // passkey: a random 5-digit key hidden at several depths of filler text; the haystack is fed as
 // the prompt, the question afterwards (so it reads the cache), then a few greedy tokens.
 #include <fmt/format.h>
@@ -12,7 +15,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -28,6 +33,7 @@
 #include "apps/quality_progress.h"
 #include "core/error.h"
 #include "core/files.h"
+#include "model/batch_decode.h"
 #include "model/generate.h"
 
 namespace squat::apps {
@@ -85,14 +91,39 @@ std::vector<nlohmann::json> read_jsonl(const std::string& path, bool must_exist)
 
 struct Gsm8kOptions {
   ModelOptions model;
-  std::string data_dir = "../shared/data";
+  std::string data_dir;  // empty: default_data_dir()
   int limit = 50;
   int shots = 5;
   bool chat = false;
   int max_tokens = 256;
+  int parallel = 4;          // problems decoded together
+  bool prefix_cache = true;  // full-precision caches: prefill the few-shot prefix once
   std::string results_path;
   std::string json_path;
 };
+
+// The evaluation data folder when --data-dir is not given: $SQUAT_DATA, else the first
+// `shared/data` holding gsm8k/test.jsonl in a folder above the executable or above the working
+// directory (so the command finds it from any working directory).
+std::string default_data_dir() {
+  if (const char* env = std::getenv("SQUAT_DATA"); env && *env) return env;
+  namespace fs = std::filesystem;
+  std::vector<fs::path> starts;
+  std::error_code ec;
+  if (fs::path exe = fs::read_symlink("/proc/self/exe", ec); !ec)
+    starts.push_back(exe.parent_path());
+  if (fs::path cwd = fs::current_path(ec); !ec) starts.push_back(cwd);
+  for (fs::path dir : starts) {
+    for (; !dir.empty(); dir = dir.parent_path()) {
+      const fs::path candidate = dir / "shared" / "data";
+      if (fs::exists(candidate / "gsm8k" / "test.jsonl", ec)) return candidate.string();
+      if (dir == dir.parent_path()) break;
+    }
+  }
+  fail_usage(
+      "cannot find the GSM8K data (gsm8k/test.jsonl in a shared/data folder above the executable "
+      "or the working directory): give --data-dir or set SQUAT_DATA");
+}
 
 // Numbers as written in answers: "1,234", "-5", "3.50", "$18".
 std::string normalize_number(std::string s) {
@@ -132,16 +163,64 @@ std::string gsm8k_cut(std::string text) {
   return text;
 }
 
+// Records the keys and values a cache is given (layer by layer, as append receives them), so a
+// prompt prefix computed once can be replayed into fresh caches. Only for full-precision caches:
+// they store exactly what they are given and their attention reads the store, so a replayed
+// prefix followed by the rest of the prompt computes what one prefill of the whole prompt does.
+class RecordingCache final : public AttentionCache {
+ public:
+  RecordingCache(std::unique_ptr<AttentionCache> inner, const KvShape& shape)
+      : inner_(std::move(inner)),
+        row_(std::size_t(shape.n_kv_heads) * std::size_t(shape.head_dim)),
+        keys_(std::size_t(shape.n_layers)),
+        values_(std::size_t(shape.n_layers)) {}
+  void append(int layer, const float* k, const float* v, int n) override {
+    auto& keys = keys_[std::size_t(layer)];
+    auto& values = values_[std::size_t(layer)];
+    keys.insert(keys.end(), k, k + std::size_t(n) * row_);
+    values.insert(values.end(), v, v + std::size_t(n) * row_);
+    inner_->append(layer, k, v, n);
+  }
+  void attend(int layer, const float* q, int n, int first_pos, float* out,
+              ThreadPool& pool) override {
+    inner_->attend(layer, q, n, first_pos, out, pool);
+  }
+  int n_tokens() const override { return inner_->n_tokens(); }
+  int capacity() const override { return inner_->capacity(); }
+  std::size_t bytes() const override { return inner_->bytes(); }
+  double bits_per_element() const override { return inner_->bits_per_element(); }
+  void clear() override { fail("a recorded prompt prefix cannot be cleared"); }
+
+  // Feeds the recorded tokens to `cache` (which must be empty) in the order they came.
+  void replay(AttentionCache& cache) const {
+    for (std::size_t layer = 0; layer < keys_.size(); ++layer) {
+      cache.append(int(layer), keys_[layer].data(), values_[layer].data(),
+                   int(keys_[layer].size() / row_));
+    }
+  }
+
+ private:
+  std::unique_ptr<AttentionCache> inner_;
+  std::size_t row_;
+  std::vector<std::vector<float>> keys_, values_;
+};
+
+bool full_precision(const ModelOptions& o) { return o.kv == "f16" || o.kv == "f32"; }
+
 void eval_gsm8k(const Gsm8kOptions& options) {
   if (options.limit < 1) fail_usage("--limit must be >= 1, got {}", options.limit);
   if (options.shots < 0 || options.shots > 50) {
     fail_usage("--shots must be in [0, 50], got {}", options.shots);
   }
   if (options.max_tokens < 1) fail_usage("--max-tokens must be >= 1, got {}", options.max_tokens);
-  const auto test = read_jsonl(options.data_dir + "/gsm8k/test.jsonl", true);
-  const auto train = read_jsonl(options.data_dir + "/gsm8k/train-first50.jsonl", true);
+  if (options.parallel < 1 || options.parallel > 64) {
+    fail_usage("--parallel must be in [1, 64], got {}", options.parallel);
+  }
+  const std::string data_dir = options.data_dir.empty() ? default_data_dir() : options.data_dir;
+  const auto test = read_jsonl(data_dir + "/gsm8k/test.jsonl", true);
+  const auto train = read_jsonl(data_dir + "/gsm8k/train-first50.jsonl", true);
   if (int(train.size()) < options.shots) {
-    fail("{}/gsm8k/train-first50.jsonl has {} problems, fewer than --shots {}", options.data_dir,
+    fail("{}/gsm8k/train-first50.jsonl has {} problems, fewer than --shots {}", data_dir,
          train.size(), options.shots);
   }
   const std::string method = method_label(options.model);
@@ -157,8 +236,16 @@ void eval_gsm8k(const Gsm8kOptions& options) {
     }
   }
   const int n = std::min<int>(options.limit, int(test.size()));
-  int todo = 0;
-  for (int id = 0; id < n; ++id) todo += !done.count(id);
+  std::vector<int> todo;
+  for (int id = 0; id < n; ++id) {
+    if (!done.count(id)) todo.push_back(id);
+  }
+  int already = 0;
+  for (const auto& [id, row] : done) already += id < n;
+  if (already > 0) {
+    fmt::print(stderr, "gsm8k: resuming from {}: {} of {} problems already answered, {} to go\n",
+               results_path, already, n, todo.size());
+  }
 
   std::string few_shot;
   std::vector<ChatMessage> chat_shots;
@@ -170,65 +257,140 @@ void eval_gsm8k(const Gsm8kOptions& options) {
     chat_shots.push_back({"assistant", "Answer: " + a});
   }
 
-  if (todo > 0) {
+  if (!todo.empty()) {
     LoadedModel loaded = load_model(options.model);
+    const Model& model = *loaded.model;
     const Tokenizer& tokenizer = *loaded.tokenizer;
-    InferenceContext& context = *loaded.context;
-    std::ofstream out(results_path, std::ios::app);
-    if (!out) fail("cannot append to '{}': {}", results_path, std::strerror(errno));
-    SamplerParams greedy;
-    greedy.temperature = 0;
-    ProgressBar bar("gsm8k " + method, todo, "problems");
-    int finished = 0;
-    for (int id = 0; id < n; ++id) {
-      if (done.count(id)) continue;
-      const auto& problem = test[std::size_t(id)];
+    const int vocab = model.config().vocab_size;
+    const int capacity = loaded.context->max_tokens();
+    loaded.context.reset();  // the batched decoder below makes one cache per problem
+
+    // Every prompt, tokenized up front (the decoder's buffers are sized for the longest).
+    std::vector<std::vector<int32_t>> prompts(todo.size());
+    std::vector<std::string> golds(todo.size());
+    std::size_t longest = 1;
+    for (std::size_t i = 0; i < todo.size(); ++i) {
+      const auto& problem = test[std::size_t(todo[i])];
       const std::string question = problem.at("question").get<std::string>();
-      const std::string gold = extract_answer(problem.at("answer").get<std::string>());
+      golds[i] = extract_answer(problem.at("answer").get<std::string>());
       std::string prompt_text;
       if (options.chat) {
         auto messages = chat_shots;
         messages.push_back({"user", "Question: " + question});
-        prompt_text = apply_chat_template(loaded.model->file(), messages, true) + "Answer:";
+        prompt_text = apply_chat_template(model.file(), messages, true) + "Answer:";
       } else {
         prompt_text = few_shot + fmt::format("Question: {}\nAnswer:", question);
       }
-      const std::vector<int32_t> prompt = tokenizer.encode(prompt_text, true, options.chat);
-      if (int(prompt.size()) + options.max_tokens > context.max_tokens()) {
+      prompts[i] = tokenizer.encode(prompt_text, true, options.chat);
+      if (int(prompts[i].size()) + options.max_tokens > capacity) {
         fail(
             "gsm8k problem {}: the prompt has {} tokens and up to {} are generated, but the "
             "context holds {} (raise -c/--context)",
-            id, prompt.size(), options.max_tokens, context.max_tokens());
+            todo[i], prompts[i].size(), options.max_tokens, capacity);
       }
-      context.reset();
-      Sampler sampler(greedy);
+      longest = std::max(longest, prompts[i].size());
+    }
+
+    // The few-shot prefix is the same for every problem. A full-precision cache of it is
+    // computed once and replayed into each problem's cache (the same keys and values the
+    // problem's own prefill would store); quantized caches prefill every prompt whole, since
+    // there the prompt attends to itself in full precision and SQuat builds its subspace from
+    // the whole prompt's queries.
+    const bool reuse_prefix =
+        options.prefix_cache && !options.chat && options.shots > 0 && full_precision(options.model);
+    std::vector<int32_t> prefix;
+    BatchDecoder decoder(model, *loaded.pool,
+                         int(std::max<std::size_t>(longest, std::size_t(options.parallel))));
+    std::unique_ptr<BatchSequence> prefix_sequence;
+    const RecordingCache* prefix_recording = nullptr;
+    if (reuse_prefix) {
+      prefix = tokenizer.encode(few_shot, true, false);
+      auto recorder = std::make_unique<RecordingCache>(make_cache(model, options.model, capacity),
+                                                       model.kv_shape(capacity));
+      prefix_recording = recorder.get();
+      prefix_sequence = std::make_unique<BatchSequence>(std::move(recorder));
+      const BatchInput input{prefix_sequence.get(), prefix, false};
+      decoder.eval(std::span<const BatchInput>(&input, 1));
+    }
+
+    std::ofstream out(results_path, std::ios::app);
+    if (!out) fail("cannot append to '{}': {}", results_path, std::strerror(errno));
+    ProgressBar bar("gsm8k " + method, long(todo.size()), "problems");
+    struct Active {
+      std::size_t index;  // into todo
+      std::unique_ptr<BatchSequence> sequence;
+      int32_t next = 0;
+      int generated = 0;
       std::string output;
-      const auto start = std::chrono::steady_clock::now();
-      const GenerationStats stats =
-          generate(context, tokenizer, prompt, options.max_tokens, sampler, [&](int32_t token) {
-            output += tokenizer.token_to_piece(token);
-            return !gsm8k_stop(output);
-          });
-      const double seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      const std::string answer = gsm8k_cut(output);
-      const std::string predicted = extract_answer(answer);
-      const nlohmann::json row = {{"id", id},
-                                  {"method", method},
-                                  {"format", format},
-                                  {"gold", gold},
-                                  {"predicted", predicted},
-                                  {"correct", !predicted.empty() && predicted == gold},
-                                  {"prompt_tokens", prompt.size()},
-                                  {"generated_tokens", stats.generated_tokens},
-                                  {"seconds", seconds},
-                                  {"output", answer}};
-      out << row.dump() << "\n";
-      out.flush();
-      if (!out) fail("writing '{}' failed", results_path);
-      done[id] = row;
-      ++finished;
-      bar.update(finished, finished);
+      std::chrono::steady_clock::time_point start;
+    };
+    std::vector<Active> active;
+    std::size_t started = 0;
+    int finished = 0;
+    std::vector<BatchInput> inputs;
+    while (started < todo.size() || !active.empty()) {
+      // Fill free slots: each new problem's prompt (after the replayed prefix) in its own step.
+      while (active.size() < std::size_t(options.parallel) && started < todo.size()) {
+        Active a;
+        a.index = started++;
+        a.start = std::chrono::steady_clock::now();
+        auto cache = make_cache(model, options.model, capacity);
+        std::span<const int32_t> rest = prompts[a.index];
+        if (reuse_prefix && rest.size() > prefix.size() &&
+            std::equal(prefix.begin(), prefix.end(), rest.begin())) {
+          prefix_recording->replay(*cache);
+          rest = rest.subspan(prefix.size());
+        }
+        a.sequence = std::make_unique<BatchSequence>(std::move(cache));
+        const BatchInput input{a.sequence.get(), rest, true};
+        a.next = Sampler::argmax(decoder.eval(std::span<const BatchInput>(&input, 1)), vocab);
+        active.push_back(std::move(a));
+      }
+      // Take every sequence's sampled token; finish those that stop (as `generate` does).
+      inputs.clear();
+      for (std::size_t i = 0; i < active.size();) {
+        Active& a = active[i];
+        bool stop = tokenizer.is_eog(a.next);
+        if (!stop) {
+          ++a.generated;
+          a.output += tokenizer.token_to_piece(a.next);
+          stop = gsm8k_stop(a.output) || a.generated == options.max_tokens ||
+                 a.sequence->n_past() >= a.sequence->capacity();
+        }
+        if (!stop) {
+          inputs.push_back(BatchInput{a.sequence.get(), std::span<const int32_t>(&a.next, 1)});
+          ++i;
+          continue;
+        }
+        const double seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - a.start).count();
+        const int id = todo[a.index];
+        const std::string answer = gsm8k_cut(a.output);
+        const std::string predicted = extract_answer(answer);
+        const nlohmann::json row = {{"id", id},
+                                    {"method", method},
+                                    {"format", format},
+                                    {"gold", golds[a.index]},
+                                    {"predicted", predicted},
+                                    {"correct", !predicted.empty() && predicted == golds[a.index]},
+                                    {"prompt_tokens", prompts[a.index].size()},
+                                    {"generated_tokens", a.generated},
+                                    {"seconds", seconds},
+                                    {"output", answer}};
+        out << row.dump() << "\n";
+        out.flush();
+        if (!out) fail("writing '{}' failed", results_path);
+        done[id] = row;
+        ++finished;
+        bar.update(finished, finished);
+        active.erase(active.begin() + std::ptrdiff_t(i));
+      }
+      if (inputs.empty()) continue;
+      // One decode step for every running problem: the weights are read once for all of them.
+      const float* logits = decoder.eval(inputs);
+      for (std::size_t i = 0; i < active.size(); ++i) {
+        active[i].next = Sampler::argmax(logits + i * std::size_t(vocab), vocab);
+      }
     }
     bar.finish();
   }
@@ -397,14 +559,22 @@ void register_eval_command(CLI::App& app) {
   auto gsm = std::make_shared<Gsm8kOptions>();
   auto* g = eval->add_subcommand("gsm8k", "GSM8K exact-match accuracy, greedy, resumable");
   add_model_options(*g, gsm->model);
-  g->add_option("--data-dir", gsm->data_dir, "Folder holding gsm8k/test.jsonl")
-      ->capture_default_str();
+  g->add_option("--data-dir", gsm->data_dir,
+                "Folder holding gsm8k/test.jsonl (default: $SQUAT_DATA, else the shared/data "
+                "folder found above the executable or the working directory)");
   g->add_option("--limit", gsm->limit, "Test problems (the first N)")->capture_default_str();
   g->add_option("--shots", gsm->shots, "Few-shot examples from train-first50.jsonl")
       ->capture_default_str();
   g->add_flag("--chat", gsm->chat, "Use the chat template (shots as earlier turns)");
   g->add_option("--max-tokens", gsm->max_tokens, "Most tokens generated per problem")
       ->capture_default_str();
+  g->add_option("--parallel", gsm->parallel,
+                "Problems decoded together in one batched forward pass (weights read once per "
+                "step)")
+      ->capture_default_str();
+  g->add_flag("!--no-prefix-cache", gsm->prefix_cache,
+              "f16/f32 caches: prefill every prompt whole instead of computing the shared "
+              "few-shot prefix once (the same numbers, slower)");
   g->add_option("--results", gsm->results_path,
                 "JSONL file results are appended to (and read to resume); default "
                 "gsm8k-<method>-<format>.jsonl");

@@ -13,10 +13,13 @@
 
 namespace squat {
 
-// One sequence of a batch: its cache and the number of tokens fed so far.
+// One sequence of a batch: its cache and the number of tokens fed so far. A cache that already
+// holds tokens (a prefix filled elsewhere, e.g. replayed from a shared prompt prefix) is
+// continued after them.
 class BatchSequence {
  public:
-  explicit BatchSequence(std::unique_ptr<AttentionCache> cache) : cache_(std::move(cache)) {}
+  explicit BatchSequence(std::unique_ptr<AttentionCache> cache)
+      : cache_(std::move(cache)), n_past_(cache_ ? cache_->n_tokens() : 0) {}
   AttentionCache& cache() { return *cache_; }
   const AttentionCache& cache() const { return *cache_; }
   int n_past() const { return n_past_; }

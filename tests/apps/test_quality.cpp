@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -15,6 +16,12 @@
 namespace {
 
 using squat::testing::run_squat;
+
+// `squat ARGS` with an environment assignment in front.
+squat::testing::ShellResult run_squat_env(const std::string& env, const std::string& args) {
+  return squat::testing::run_shell(env + " " + std::string(SQUAT_BINARY_DIR) + "/squat " + args +
+                                   " 2>&1");
+}
 using Result = squat::testing::ShellResult;
 
 std::string temp_path(const std::string& name) {
@@ -122,6 +129,84 @@ TEST_F(Quality, Gsm8kResumesFromItsResultsFile) {
   EXPECT_EQ(read_json(json).at("correct"), first.at("correct"));
   std::filesystem::remove(results);
   std::filesystem::remove(json);
+}
+
+// Problems decoded together through the batched decoder, with the f16 few-shot prefix
+// computed once and replayed, give the same answers as one problem at a time, each prefilled
+// whole; a second run over a longer range says it resumes and answers only the new problems.
+TEST_F(Quality, Gsm8kBatchedWithPrefixCacheEqualsOneAtATime) {
+  const std::string serial = temp_path("gsm8k-serial.jsonl");
+  const std::string batched = temp_path("gsm8k-batched.jsonl");
+  std::filesystem::remove(serial);
+  std::filesystem::remove(batched);
+  const std::string args = "eval gsm8k -m " + kModel + " -t 2 --data-dir " + SQUAT_SHARED_DATA +
+                           " --max-tokens 24 --kv f16 ";
+  Result r = run_squat(args + "--limit 3 --parallel 1 --no-prefix-cache --results " + serial);
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run_squat(args + "--limit 2 --parallel 3 --results " + batched);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.find("resuming"), std::string::npos) << r.output;
+  r = run_squat(args + "--limit 3 --parallel 3 --results " + batched);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(
+      r.output.find("resuming from " + batched + ": 2 of 3 problems already answered, 1 to go"),
+      std::string::npos)
+      << r.output;
+  auto outputs = [](const std::string& path) {
+    std::map<int, std::string> by_id;
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) {
+      if (line.empty()) continue;
+      const auto row = nlohmann::json::parse(line);
+      EXPECT_EQ(by_id.count(row.at("id").get<int>()), 0u) << "answered twice: " << line;
+      by_id[row.at("id").get<int>()] = row.at("output").get<std::string>();
+    }
+    return by_id;
+  };
+  const auto a = outputs(serial), b = outputs(batched);
+  ASSERT_EQ(a.size(), 3u);
+  EXPECT_EQ(a, b);
+  std::filesystem::remove(serial);
+  std::filesystem::remove(batched);
+}
+
+// Progress goes to a log as plain lines when stderr is not a terminal.
+TEST_F(Quality, ProgressPrintsPlainLinesWhenPiped) {
+  const std::string results = temp_path("gsm8k-progress.jsonl");
+  std::filesystem::remove(results);
+  const Result r =
+      run_squat_env("SQUAT_PROGRESS_SECONDS=0",
+                    "eval gsm8k -m " + kModel + " -t 2 --data-dir " + SQUAT_SHARED_DATA +
+                        " --limit 2 --max-tokens 4 --results " + results);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("gsm8k f16: 1/2 |"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("gsm8k f16: 2/2 |"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find('\r'), std::string::npos) << r.output;
+  std::filesystem::remove(results);
+}
+
+// Without --data-dir the data is found from the executable's location, whatever the working
+// directory: above the build folder, where the tests' own data folder is.
+TEST_F(Quality, Gsm8kFindsItsDataFromAnyWorkingDirectory) {
+  namespace fs = std::filesystem;
+  bool above = false;
+  for (fs::path dir = fs::weakly_canonical(SQUAT_BINARY_DIR); !dir.empty();
+       dir = dir.parent_path()) {
+    above |= fs::exists(dir / "shared" / "data" / "gsm8k" / "test.jsonl");
+    if (dir == dir.parent_path()) break;
+  }
+  const std::string results = temp_path("gsm8k-cwd.jsonl");
+  std::filesystem::remove(results);
+  const Result r = squat::testing::run_shell(
+      "cd / && env -u SQUAT_DATA " + std::string(SQUAT_BINARY_DIR) + "/squat eval gsm8k -m " +
+      kModel + " -t 2 --limit 1 --max-tokens 4 --results " + results + " 2>&1");
+  if (above) {
+    EXPECT_EQ(r.status, 0) << r.output;
+  } else {
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find("--data-dir"), std::string::npos) << r.output;
+  }
+  std::filesystem::remove(results);
 }
 
 TEST_F(Quality, PasskeyReportsEveryCell) {
