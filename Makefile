@@ -4,16 +4,20 @@ BUILD        ?= build
 BUILD_ASAN   ?= build-asan
 JOBS         ?= $(shell nproc)
 SQUAT_MODELS ?= $(HOME)/.cache/squat/models
+# make test's model (fast) and the head_dim-128 model of make demo and make test-large.
 MODEL        ?= $(SQUAT_MODELS)/SmolLM2-135M-Instruct.Q4_1.gguf
+LARGE_MODEL  ?= $(SQUAT_MODELS)/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf
+DEMO_MODEL   ?= $(LARGE_MODEL)
 export SQUAT_MODELS
 
 DEB_PACKAGES = cmake ninja-build g++ clang ccache pkg-config libgtest-dev libgmock-dev libbenchmark-dev \
   libhwy-dev libeigen3-dev libcli11-dev nlohmann-json3-dev libfmt-dev libpcre2-dev \
   libcpp-httplib-dev python3-pip python3-venv python3-matplotlib
 
-CMAKE_FLAGS = -G Ninja -DCMAKE_BUILD_TYPE=Release -DSQUAT_WERROR=ON -DSQUAT_TEST_MODEL=$(MODEL)
+CMAKE_FLAGS = -G Ninja -DCMAKE_BUILD_TYPE=Release -DSQUAT_WERROR=ON -DSQUAT_TEST_MODEL=$(MODEL) \
+  -DSQUAT_LARGE_TEST_MODEL=$(LARGE_MODEL)
 
-.PHONY: all deps build model demo test test-release test-sanitize bench fuzz format clean
+.PHONY: all deps build model model-large demo test test-release test-large test-sanitize bench fuzz format clean
 
 all: build
 
@@ -33,22 +37,33 @@ build: deps $(BUILD)/build.ninja
 	cmake --build $(BUILD) -j $(JOBS)
 
 model:
-	@scripts/fetch-model >/dev/null
+	@scripts/fetch-model smollm2-135m >/dev/null
 
-# The seed example: GSM8K 5-shot prompt, SQuat 2-bit keys and values, greedy; prints the answer,
-# then the cache's size beside fp16's and the speed. Another model: make demo MODEL=path.gguf
-demo: build model
+model-large:
+	@scripts/fetch-model qwen2.5-coder-1.5b >/dev/null
+
+# The seed example on Qwen2.5-Coder-1.5B (head_dim 128, as in the SQuat reference): GSM8K 5-shot
+# prompt, SQuat 2-bit keys and values, greedy; prints the answer ("#### 35" is right), then the
+# cache's size beside fp16's and the speed. Another model: make demo DEMO_MODEL=path.gguf
+demo: build $(if $(filter $(LARGE_MODEL),$(DEMO_MODEL)),model-large)
 	@scripts/gsm8k-demo-prompt > $(BUILD)/demo-prompt.txt
-	@echo "squat run: GSM8K 5-shot, --kv squat --k-bits 2 --v-bits 2, greedy"
+	@echo "squat run: $(notdir $(DEMO_MODEL)), GSM8K 5-shot, --kv squat --k-bits 2 --v-bits 2, greedy"
 	@echo "Question: John takes care of 10 dogs. Each dog takes .5 hours a day to walk and take care of their business. How many hours a week does he spend taking care of dogs?"
 	@printf "Answer:"
-	@$(BUILD)/squat run -m $(MODEL) -f $(BUILD)/demo-prompt.txt --no-display-prompt \
+	@$(BUILD)/squat run -m $(DEMO_MODEL) -f $(BUILD)/demo-prompt.txt --no-display-prompt \
 	  --kv squat --k-bits 2 --v-bits 2 --temp 0 -n 160 --stop "Question:"
 
 test: test-release test-sanitize test-python
 
 test-release: build model
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE large
+
+# Tests that need the 1.5B model (label `large`): the demo's answer, SQuat-2 beside f16 at
+# head_dim 128. Reconfigures so a build made before records the large model's path.
+test-large: deps model-large
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j $(JOBS)
+	cd $(BUILD) && ctest --output-on-failure -L large
 
 # Unit tests again under AddressSanitizer and UndefinedBehaviorSanitizer (the heavy end-to-end
 # tests run only in the release build above). Warnings stay on but are not errors here: GCC 12
