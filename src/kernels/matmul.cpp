@@ -72,7 +72,8 @@ void run_rows(const Call& c, std::size_t r0, std::size_t r1) {
     case TensorType::Q4_K:
     case TensorType::Q6_K:
     case TensorType::Q8_0: {
-      float* scratch = grow(t_scratch, 60 * c.xq.nbp);
+      float* scratch =
+          grow(t_scratch, detail::q8_rows_scratch_floats(c.xq.nb, c.xq.nbp, c.xq.cols));
       detail::q8_rows(w.type, w.data, w.row_bytes, r0, r1, c.xq, c.n, c.y, w.rows, scratch);
       return;
     }

@@ -644,9 +644,240 @@ void Q6KRows(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::size_
   }
 }
 
+// ---- prompt GEMM: 8 weight rows interleaved as int8 codes ----
+// For many x rows (a prompt), each tile of 8 weight rows is decoded once into an interleaved
+// form where a 32-bit lane holds 4 consecutive codes of one row: one vector is 4 elements of
+// 8 rows, and one x word (4 int8) broadcast to all lanes multiplies it (vpmaddubsw/vpdpbusd).
+// The lanes are the 8 outputs: no scale gathers, no horizontal sums, no shuffles per block,
+// and a tile is reused by every x row of an L2-sized slice.
+// Tile layout per 32-element block b (R8Tile):
+//   codes[256*b + 32*j + 4*k + t] = code (0..63) of row k, element 32*b + 4*j + t
+//   d[8*b + k]: row k's scale of the block, m[8*b + k]: its offset coefficient, so that
+//   element = d * code + m (Q4_1; Q4_0: m = -8d; Q4_K: d = d_super*sc, m = -dmin*min).
+// Q6_K: m[16*b + 8*half + k] = d * sc of each 16-element half, element = that * (code - 32).
+
+#if SQUAT_X86_INT8
+
+constexpr int kR8Rows = 8;
+
+struct R8Tile {
+  uint8_t* codes;  // 256 * nb
+  float* d;        // 8 * nb
+  float* m;        // 8 * nb; Q6_K: 16 * nb, the scales d * sc of the two halves
+};
+
+HWY_INLINE void StoreCodes(const uint8_t* q32, int k, uint8_t* out /* block's 256 bytes */) {
+  for (int j = 0; j < 8; ++j) std::memcpy(out + 32 * j + 4 * k, q32 + 4 * j, 4);
+}
+
+template <class F>
+HWY_INLINE void ConvertTile(const uint8_t* const* rows, std::size_t nb, const R8Tile& t) {
+  alignas(32) uint8_t q[32];
+  for (int k = 0; k < kR8Rows; ++k) {
+    const uint8_t* row = rows[k];
+    if constexpr (kIsQ4K<F>) {
+      for (std::size_t i = 0; i < nb / 8; ++i) {
+        const uint8_t* sb = row + i * 144;
+        const float d = LoadF16(sb), dmin = LoadF16(sb + 2);
+        for (int s = 0; s < 8; ++s) {
+          const std::size_t b = 8 * i + std::size_t(s);
+          int sc, mn;
+          dq::k_scale_min(sb + 4, s, sc, mn);
+          t.d[8 * b + k] = d * float(sc);
+          t.m[8 * b + k] = -(dmin * float(mn));
+          const uint8_t* qs = F::nibbles(row, b);
+          for (int e = 0; e < 32; ++e) q[e] = (s & 1) ? (qs[e] >> 4) : (qs[e] & 0x0f);
+          StoreCodes(q, k, t.codes + 256 * b);
+        }
+      }
+    } else {
+      for (std::size_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = BlockPtr<F>(row, b);
+        const float d = LoadF16(blk);
+        t.d[8 * b + k] = d;
+        t.m[8 * b + k] = F::kMinFromScale ? -8.0f * d : LoadF16(blk + 2);
+        for (int e = 0; e < 16; ++e) {
+          q[e] = blk[F::kQs + e] & 0x0f;
+          q[e + 16] = blk[F::kQs + e] >> 4;
+        }
+        StoreCodes(q, k, t.codes + 256 * b);
+      }
+    }
+  }
+}
+
+// Q6_K rows (layout at Q6KRow above) into the tile: codes q = 0..63, value d*sc*(q - 32).
+HWY_INLINE void ConvertTileQ6K(const uint8_t* const* rows, std::size_t nb, const R8Tile& t) {
+  alignas(32) uint8_t q[32];
+  for (int k = 0; k < kR8Rows; ++k) {
+    for (std::size_t b = 0; b < nb; ++b) {
+      const uint8_t* sb = rows[k] + (b / 8) * 210;
+      const int h = int(b % 8) / 4, kk = int(b % 4);
+      const uint8_t* ql = sb + 64 * h + 32 * (kk & 1);
+      const uint8_t* qh = sb + 128 + 32 * h;
+      const auto* sc = reinterpret_cast<const int8_t*>(sb + 192 + 8 * h + 2 * kk);
+      for (int e = 0; e < 32; ++e) {
+        q[e] = uint8_t(((kk >= 2 ? ql[e] >> 4 : ql[e]) & 0x0f) | ((qh[e] >> (2 * kk)) & 3) << 4);
+      }
+      StoreCodes(q, k, t.codes + 256 * b);
+      const float d = LoadF16(sb + 208);
+      t.d[8 * b + k] = d;
+      for (int half = 0; half < 2; ++half) t.m[16 * b + 8 * half + k] = d * float(sc[half]);
+    }
+  }
+}
+
+HWY_INLINE __m256i BroadcastWord(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// Exact int32 sums of 4 codes times 4 x values (x word l of the block) for the 8 rows.
+HWY_INLINE __m256i WordDot(__m256i w, const int8_t* x4) {
+#if SQUAT_VNNI
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, BroadcastWord(x4));
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(w, BroadcastWord(x4)), _mm256_set1_epi16(1));
+#endif
+}
+
+// The tile times x rows i0 .. i0+NY-1: y[(i0 + c)*ldy + r .. + 8].
+// Each row's floats are summed in exactly the order of the per-row path above (QuantTile,
+// QuantTilePairs with VNNI, Q6KRow), with the rows in lanes instead of the element positions:
+// accumulator l holds lane l of those kernels (elements 4l..4l+3 of every block; with mins,
+// first the offset terms of blocks 8k+l), and the same tree adds the 8 up. So a prompt's
+// products equal the token-by-token ones bit for bit, and caches and logits do not depend on
+// how a prompt is batched. x4sum (Q6_K): per x row of the slice (row i at (i - chunk0) *
+// cols/4), 32 * the sum of each 4 int8 codes of x.
+template <bool kQ6K, int NY>
+HWY_INLINE void R8TileRows(const R8Tile& t, const Q8Rows& x, std::size_t i0, const int32_t* x4sum,
+                           std::size_t chunk0, float* y, std::size_t ldy, std::size_t r) {
+  const std::size_t nb = x.nb;
+  __m256 acc[NY][8];
+  for (int c = 0; c < NY; ++c)
+    for (int l = 0; l < 8; ++l) acc[c][l] = _mm256_setzero_ps();
+  if constexpr (!kQ6K) {
+    for (std::size_t b = 0; b < nb; ++b) {
+      const __m256 m = _mm256_loadu_ps(t.m + 8 * b);
+      for (int c = 0; c < NY; ++c) {
+        const float s = x.s[(i0 + std::size_t(c)) * x.nbp + b];
+        acc[c][b % 8] = _mm256_fmadd_ps(m, _mm256_set1_ps(s), acc[c][b % 8]);
+      }
+    }
+  }
+  for (std::size_t b = 0; b < nb; ++b) {
+    const uint8_t* codes = t.codes + 256 * b;
+    const __m256 dw = _mm256_loadu_ps(t.d + 8 * b);
+    for (int c = 0; c < NY; ++c) {
+      const std::size_t i = i0 + std::size_t(c);
+      const int8_t* xb = x.q + i * x.cols + 32 * b;
+      const __m256 dx = _mm256_set1_ps(x.d[i * x.nb + b]);
+      [[maybe_unused]] const __m256 scale = _mm256_mul_ps(dw, dx);
+      for (int l = 0; l < 8; ++l) {
+        __m256i p = WordDot(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * l)),
+                            xb + 4 * l);
+        if constexpr (kQ6K) {
+          const int32_t corr = x4sum[(i - chunk0) * (x.cols / 4) + 8 * b + std::size_t(l)];
+          p = _mm256_sub_epi32(p, _mm256_set1_epi32(corr));
+          const __m256 half_scale = _mm256_loadu_ps(t.m + 16 * b + 8 * (l / 4));
+          acc[c][l] =
+              _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), dx), half_scale, acc[c][l]);
+        } else {
+#if SQUAT_VNNI
+          acc[c][l] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), dx), dw, acc[c][l]);
+#else
+          acc[c][l] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[c][l]);
+#endif
+        }
+      }
+    }
+  }
+  for (int c = 0; c < NY; ++c) {
+    // HSum's tree: ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)).
+    const __m256 even =
+        _mm256_add_ps(_mm256_add_ps(acc[c][0], acc[c][4]), _mm256_add_ps(acc[c][2], acc[c][6]));
+    const __m256 odd =
+        _mm256_add_ps(_mm256_add_ps(acc[c][1], acc[c][5]), _mm256_add_ps(acc[c][3], acc[c][7]));
+    _mm256_storeu_ps(y + (i0 + std::size_t(c)) * ldy + r, _mm256_add_ps(even, odd));
+  }
+}
+
+template <bool kQ6K>
+HWY_INLINE void R8TileAnyRows(const R8Tile& t, const Q8Rows& x, std::size_t i0, int ny,
+                              const int32_t* x4sum, std::size_t chunk0, float* y, std::size_t ldy,
+                              std::size_t r) {
+  if (ny == 1) return R8TileRows<kQ6K, 1>(t, x, i0, x4sum, chunk0, y, ldy, r);
+  return R8TileRows<kQ6K, 2>(t, x, i0, x4sum, chunk0, y, ldy, r);
+}
+
+// Weight rows [r0, r0 + 8*tiles) through 8-row tiles; scratch: q8_rows_scratch_floats.
+template <class F, bool kQ6K>
+void R8Rows(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::size_t tiles,
+            const Q8Rows& x, std::size_t n, float* y, std::size_t ldy, float* scratch) {
+  const std::size_t nb = x.nb;
+  R8Tile t;
+  t.codes = reinterpret_cast<uint8_t*>(scratch);
+  t.d = scratch + 64 * nb;
+  t.m = t.d + 8 * nb;
+  auto* x4sum = reinterpret_cast<int32_t*>(scratch + 88 * nb);
+  const std::size_t x_chunk = detail::q8_x_chunk(x.cols);
+  for (std::size_t i_begin = 0; i_begin < n; i_begin += x_chunk) {
+    const std::size_t i_end = std::min(n, i_begin + x_chunk);
+    if constexpr (kQ6K) {  // Q6KRow's correction -32 * (sum of 4 x codes), per x word
+      for (std::size_t i = i_begin; i < i_end; ++i) {
+        const int8_t* q = x.q + i * x.cols;
+        int32_t* out = x4sum + (i - i_begin) * (x.cols / 4);
+        for (std::size_t g = 0; g < x.cols / 4; ++g) {
+          out[g] = 32 * (q[4 * g] + q[4 * g + 1] + q[4 * g + 2] + q[4 * g + 3]);
+        }
+      }
+    }
+    for (std::size_t tile = 0; tile < tiles; ++tile) {
+      const std::size_t r = r0 + kR8Rows * tile;
+      const uint8_t* rows[kR8Rows];
+      for (int k = 0; k < kR8Rows; ++k) rows[k] = w + (r + std::size_t(k)) * row_bytes;
+      if constexpr (kQ6K) {
+        ConvertTileQ6K(rows, nb, t);
+      } else {
+        ConvertTile<F>(rows, nb, t);
+      }
+      for (std::size_t i = i_begin; i < i_end; i += 2) {
+        const int ny = int(std::min<std::size_t>(2, i_end - i));
+        R8TileAnyRows<kQ6K>(t, x, i, ny, x4sum, i_begin, y, ldy, r);
+      }
+    }
+  }
+}
+
+#endif  // SQUAT_X86_INT8
+
 void Q8RowsImpl(TensorType type, const uint8_t* w, std::size_t row_bytes, std::size_t r0,
                 std::size_t r1, const Q8Rows& x, std::size_t n, float* y, std::size_t ldy,
                 float* scratch) {
+#if SQUAT_X86_INT8
+  const std::size_t tiles = (r1 - r0) / kR8Rows;
+  if (n >= detail::kR8MinXRows && tiles > 0 &&
+      (type == TensorType::Q4_0 || type == TensorType::Q4_1 || type == TensorType::Q4_K ||
+       type == TensorType::Q6_K)) {
+    switch (type) {
+      case TensorType::Q4_0:
+        R8Rows<Q4_0Format, false>(w, row_bytes, r0, tiles, x, n, y, ldy, scratch);
+        break;
+      case TensorType::Q4_1:
+        R8Rows<Q4_1Format, false>(w, row_bytes, r0, tiles, x, n, y, ldy, scratch);
+        break;
+      case TensorType::Q4_K:
+        R8Rows<Q4_KFormat, false>(w, row_bytes, r0, tiles, x, n, y, ldy, scratch);
+        break;
+      default:
+        R8Rows<Q4_KFormat, true>(w, row_bytes, r0, tiles, x, n, y, ldy, scratch);
+        break;
+    }
+    r0 += kR8Rows * tiles;
+    if (r0 == r1) return;
+  }
+#endif
   switch (type) {
     case TensorType::Q4_1:
       return QuantRows<Q4_1Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);

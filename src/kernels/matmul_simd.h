@@ -22,8 +22,24 @@ struct Q8Rows {
 
 inline std::size_t padded_blocks(std::size_t nb) { return (nb + 7) / 8 * 8; }
 
-// Q4_1 or Q8_0 weight rows [r0, r1) against n quantized x rows: y[i*ldy + r].
-// scratch: at least 60 * nbp floats.
+// x rows per slice that one weight tile sweeps (keeps the slice's int8 codes within L2).
+inline std::size_t q8_x_chunk(std::size_t cols) {
+  const std::size_t rows = 256 * 1024 / (cols + 8) / 4 * 4;
+  return rows > 4 ? rows : 4;
+}
+
+// From this many x rows on, Q4_0, Q4_1, Q4_K and Q6_K weights go through the prompt GEMM
+// (8-row interleaved tiles, decoded once per slice of x rows).
+constexpr std::size_t kR8MinXRows = 8;
+
+// Scratch floats q8_rows needs per calling thread.
+inline std::size_t q8_rows_scratch_floats(std::size_t nb, std::size_t nbp, std::size_t cols) {
+  const std::size_t gemm = 88 * nb + cols / 4 * q8_x_chunk(cols);  // tile, Q6_K x sums
+  return gemm > 60 * nbp ? gemm : 60 * nbp;
+}
+
+// Q4_0, Q4_1, Q4_K, Q6_K or Q8_0 weight rows [r0, r1) against n quantized x rows:
+// y[i*ldy + r]. scratch: at least q8_rows_scratch_floats(nb, nbp, cols) floats.
 void q8_rows(gguf::TensorType type, const uint8_t* w, std::size_t row_bytes, std::size_t r0,
              std::size_t r1, const Q8Rows& x, std::size_t n, float* y, std::size_t ldy,
              float* scratch);

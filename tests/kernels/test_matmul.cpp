@@ -19,7 +19,9 @@ namespace {
 
 using gguf::TensorType;
 
-enum class Fill { Random, Zero, Large };
+// Saturating: every code at its largest (all bits set) and x at +-127 after quantization, the
+// bound of the int16 sums in the int8 paths.
+enum class Fill { Random, Zero, Large, Saturating };
 
 // Byte offsets of the fp16 scale fields of one block (the rest of a block is any bit pattern).
 std::vector<std::size_t> scale_offsets(TensorType type) {
@@ -51,7 +53,9 @@ Matrix make_weights(TensorType type, std::size_t rows, std::size_t cols, std::si
   const float scale = fill == Fill::Large ? 50.0f : 0.05f;
   std::uniform_real_distribution<float> uni(-scale, scale);
   std::normal_distribution<float> normal(0.0f, fill == Fill::Large ? 1000.0f : 1.0f);
-  for (auto& b : m.bytes) b = fill == Fill::Zero ? 0 : uint8_t(byte(rng));
+  for (auto& b : m.bytes) {
+    b = fill == Fill::Zero ? 0 : fill == Fill::Saturating ? 0xff : uint8_t(byte(rng));
+  }
   if (fill != Fill::Zero) {
     for (std::size_t r = 0; r < rows; ++r) {
       uint8_t* row = m.bytes.data() + r * row_bytes;
@@ -80,6 +84,11 @@ Matrix make_weights(TensorType type, std::size_t rows, std::size_t cols, std::si
 std::vector<float> make_x(std::size_t n, std::size_t cols, Fill fill, std::mt19937& rng) {
   std::vector<float> x(n * cols, 0.0f);
   if (fill == Fill::Zero) return x;
+  if (fill == Fill::Saturating) {  // one sign per row: every block quantizes to +-127
+    for (std::size_t i = 0; i < n; ++i)
+      std::fill(x.begin() + long(i * cols), x.begin() + long((i + 1) * cols), i % 2 ? -3.0f : 3.0f);
+    return x;
+  }
   std::normal_distribution<float> normal(0.0f, fill == Fill::Large ? 1e4f : 1.0f);
   for (auto& v : x) v = normal(rng);
   // Some blocks of exact zeros and one outlier per row, as real activations have.
@@ -227,6 +236,35 @@ TEST_P(MatmulTypes, LargeBatchAndManyRows) {
     check(type, 9, cols, 130, 3, Fill::Random, Fill::Random, 0, rng);
     check(type, 301, cols, 1, 2, Fill::Random, Fill::Random, 0, rng);
     if (uses_q8_activations(type)) check(type, 5, cols, 513, 2, Fill::Random, Fill::Random, 0, rng);
+  });
+}
+
+// Prompt-sized products (8 or more x rows): the 8-row interleaved GEMM of Q4_0, Q4_1, Q4_K and
+// Q6_K, with weight rows that are not a multiple of 8 (the rest goes the per-row way), slices
+// of x rows split between threads, and the int16 bounds of its sums.
+TEST_P(MatmulTypes, PromptShapes) {
+  const TensorType type = GetParam();
+  if (!uses_q8_activations(type)) GTEST_SKIP() << "float path";
+  std::mt19937 rng(31 + unsigned(type));
+  for_each_simd_target([&] {
+    for (std::size_t cols : cols_for(type)) {
+      for (std::size_t rows : {8, 16, 23, 41}) {
+        for (std::size_t n : {8, 11, 33}) {
+          for (int threads : {1, 2, 3}) {
+            check(type, rows, cols, n, threads, Fill::Random, Fill::Random, 0, rng);
+            if (HasFatalFailure()) return;
+          }
+        }
+      }
+      check(type, 16, cols, 12, 2, Fill::Saturating, Fill::Saturating, 0, rng);
+      check(type, 16, cols, 9, 2, Fill::Large, Fill::Large, 0, rng);
+      check(type, 16, cols, 9, 1, Fill::Zero, Fill::Random, 0, rng);
+      check(type, 16, cols, 9, 1, Fill::Random, Fill::Zero, 0, rng);
+      check(type, 24, cols, 10, 2, Fill::Random, Fill::Random, 40, rng);  // padded rows
+      if (HasFatalFailure()) return;
+    }
+    // Wide rows: x is swept in slices (q8_x_chunk rows for 1536 columns is 168).
+    check(type, 16, 1536, 200, 2, Fill::Random, Fill::Random, 0, rng);
   });
 }
 
