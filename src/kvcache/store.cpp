@@ -183,9 +183,6 @@ struct LayerCache::Impl {
   QuantizedChunk chunk;
   detail::QuantScratch qscratch;
   std::vector<float> flush_buf, rowbuf;
-  // Pre-RoPE KIVI/SQuat keys: the fused kernel's RoPE table of the offsets inside a key group
-  // (simd::rope_lane_table), built once here.
-  std::vector<float> rope_lanes;
 
   std::size_t D() const { return std::size_t(d); }
   std::size_t gb(int bits) const { return packed_bytes(std::size_t(G), bits); }
@@ -241,11 +238,6 @@ LayerCache::LayerCache(const CacheConfig& config, int n_kv_heads, int head_dim,
   m.G = config.group_size;
   m.R = config.window();
   m.key_layout = m.kivi_like ? config.key_quant : GroupLayout::PerToken;
-  if (m.kivi_like && config.key_rope == KeyRope::Pre) {
-    m.rope_lanes.resize(std::size_t(head_dim) * std::size_t(m.G));
-    simd::rope_lane_table(m.rope->spec().inv_freq.data(), std::size_t(head_dim / 2),
-                          std::size_t(m.G), m.rope_lanes.data());
-  }
   const bool res16 = config.method == CacheMethod::F16 ||
                      (config.method != CacheMethod::F32 && config.residual_f16);
   for (int h = 0; h < n_kv_heads; ++h) {
@@ -626,7 +618,6 @@ void LayerCache::Impl::fused_setup(int h, std::size_t b0, std::size_t nb, simd::
   fb.vmin = prm + 2 * Dd + nb * ng;
   if (cfg.key_rope == KeyRope::Pre) {
     fb.rope_cs = rope->cs_row(b0);
-    fb.rope_lanes = rope_lanes.data();
     fb.neox = rope->layout() == RopeLayout::Neox;
   }
   fb.kbits = kbits;

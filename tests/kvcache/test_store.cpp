@@ -1,18 +1,16 @@
 // The cache store: flush rules of SQUAT.md §1, byte accounting, and attention over the store
 // against an independent double-precision attention over the dequantized arrays.
 #include <gtest/gtest.h>
-#include <hwy/targets.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <limits>
 #include <memory>
 #include <random>
 #include <vector>
 
-#include "../kernels/simd_targets.h"
 #include "core/error.h"
+#include "../kernels/simd_targets.h"
 #include "core/thread_pool.h"
 #include "kvcache/simd.h"
 #include "squat/kvcache.h"
@@ -702,8 +700,8 @@ TEST(KvAttention, FlashTileKernelMatchesScalarReferenceOnEveryTarget) {
   int checked = 0;
   for (std::size_t d : {std::size_t(8), std::size_t(20), std::size_t(64), std::size_t(128)}) {
     for (std::size_t rows : {std::size_t(1), std::size_t(3), std::size_t(4), std::size_t(13)}) {
-      for (std::size_t nb :
-           {std::size_t(1), std::size_t(7), std::size_t(32), std::size_t(64), std::size_t(70)}) {
+      for (std::size_t nb : {std::size_t(1), std::size_t(7), std::size_t(32), std::size_t(64),
+                             std::size_t(70)}) {
         const std::size_t ld = d + 3, stride = d + 2;
         const auto qs = randn(rows * d, 10 + std::size_t(checked), 2.0f);
         const auto k = randn(nb * ld, 20 + std::size_t(checked), 1.0f);
@@ -725,13 +723,13 @@ TEST(KvAttention, FlashTileKernelMatchesScalarReferenceOnEveryTarget) {
         }
         std::vector<float> want = part;
         const float scale = 1.0f / std::sqrt(float(d));
-        squat::kv::simd::flash_tile_reference(qs.data(), rows, vis.data(), k.data(), ld, v.data(),
-                                              ld, nb, d, scale, want.data(), stride);
+        squat::kv::simd::flash_tile_reference(qs.data(), rows, vis.data(), k.data(), ld, v.data(), ld,
+                                       nb, d, scale, want.data(), stride);
         squat::kernels::for_each_simd_target([&] {
           std::vector<float> got = part;
           std::vector<float> work(squat::kv::simd::flash_work_floats(rows, nb, d));
-          squat::kv::simd::flash_tile(qs.data(), rows, vis.data(), k.data(), ld, v.data(), ld, nb,
-                                      d, scale, got.data(), stride, work.data());
+          squat::kv::simd::flash_tile(qs.data(), rows, vis.data(), k.data(), ld, v.data(), ld, nb, d,
+                               scale, got.data(), stride, work.data());
           ASSERT_LT(flash_rel_diff(got, want), 1e-5)
               << "d " << d << " rows " << rows << " nb " << nb;
         });
@@ -742,114 +740,91 @@ TEST(KvAttention, FlashTileKernelMatchesScalarReferenceOnEveryTarget) {
   EXPECT_EQ(checked, 80);
 }
 
-// The fused decode kernel (token-lane keys, RoPE by the block offset, online softmax, values in
-// registers) against its scalar reference on random codes, all bit widths, RoPE layouts, row
-// counts and partial blocks, on every SIMD target compiled in that this CPU runs (Highway's
-// dispatch pinned to one target at a time).
-TEST(KvAttention, FusedBlockKernelMatchesScalarReferenceOnEveryTarget) {
-  int targets_run = 0;
-  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
-    hwy::SetSupportedTargetsForTest(target);
-    SCOPED_TRACE(hwy::TargetName(target));
-    std::mt19937_64 rng(99);
-    std::uniform_int_distribution<int> byte(0, 255);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    int checked = 0, refused = 0;
-    for (std::size_t D : {std::size_t(64), std::size_t(128)}) {
-      for (std::size_t G : {std::size_t(16), std::size_t(32)}) {
-        for (int kbits : {2, 4, 8}) {
-          for (int vbits : {2, 4, 8}) {
-            for (int rope_kind = 0; rope_kind < 3; ++rope_kind) {  // none, normal, neox
-              for (std::size_t rows :
-                   {std::size_t(1), std::size_t(3), std::size_t(5), std::size_t(9)}) {
-                // Mostly whole groups; some blocks end early (a partial vector of tokens).
-                const std::size_t nb = checked % 5 == 4 ? G - 3 : G;
-                std::vector<uint8_t> kc(nb * D + 64), vc(nb * D + 64);
-                for (auto& x : kc) x = uint8_t(byte(rng));
-                for (auto& x : vc) x = uint8_t(byte(rng));
-                std::vector<float> ks(D), km(D), vs(nb * D / G), vm(nb * D / G);
-                for (auto& x : ks) x = std::fabs(normal(rng)) * 0.3f;
-                for (auto& x : km) x = normal(rng);
-                for (auto& x : vs) x = std::fabs(normal(rng)) * 0.3f;
-                for (auto& x : vm) x = normal(rng);
-                const RopeSpec spec =
-                    make_rope(int(D), rope_kind == 2 ? RopeLayout::Neox : RopeLayout::Normal);
-                RopeTable table(spec);
-                std::vector<float> lanes(D * G);
-                squat::kv::simd::rope_lane_table(spec.inv_freq.data(), D / 2, G, lanes.data());
-                // Late positions (~1000) for 2/4-bit keys; 8-bit keys (codes to 255, keys to ~75)
-                // amplify the reference table's own angle rounding there (float(p) * inv_freq,
-                // ~1e-4 rad; the kernel composes R_b0 R_j instead), so they start at 0.
-                const std::size_t p0 = (kbits == 8 ? 0 : 1000) + nb * std::size_t(checked % 7);
-                table.ensure(p0 + nb);
-                squat::kv::simd::FusedBlock b;
-                b.kcodes = kc.data();
-                b.vcodes = vc.data();
-                b.kscale = ks.data();
-                b.kmin = km.data();
-                b.vscale = vs.data();
-                b.vmin = vm.data();
-                if (rope_kind > 0) {
-                  b.rope_cs = table.cs_row(p0);
-                  b.rope_lanes = lanes.data();
-                  b.neox = rope_kind == 2;
-                }
-                b.kbits = kbits;
-                b.vbits = vbits;
-                b.G = G;
-                b.nb = nb;
-                b.d = D;
-                const auto qs = randn(rows * D, 100 + std::size_t(checked), 0.5f);
-                std::vector<const float*> q(rows);
-                std::vector<std::size_t> vis(rows);
-                std::vector<float> pf(rows * (D + 2)), pr;
-                for (std::size_t r = 0; r < rows; ++r) {
-                  q[r] = qs.data() + r * D;
-                  vis[r] = r == 1 ? 0 : (r * 7 + nb) % (nb + 1);
-                  float* p = pf.data() + r * (D + 2);
-                  if (r % 2 == 0) {  // fresh partial
-                    p[0] = -std::numeric_limits<float>::infinity();
-                    std::fill(p + 1, p + D + 2, 0.0f);
-                  } else {  // partial from earlier blocks
-                    p[0] = 2.0f;
-                    p[1] = 3.0f;
-                    for (std::size_t c = 0; c < D; ++c) p[2 + c] = normal(rng);
-                  }
-                }
-                pr = pf;
-                std::vector<float*> partf(rows), partr(rows);
-                for (std::size_t r = 0; r < rows; ++r) {
-                  partf[r] = pf.data() + r * (D + 2);
-                  partr[r] = pr.data() + r * (D + 2);
-                }
-                std::vector<float> work(squat::kv::simd::fused_work_floats(nb, D, G));
-                const float scale = 1.0f / std::sqrt(float(D));
-                if (!squat::kv::simd::fused_block(b, q.data(), vis.data(), rows, scale,
-                                                  partf.data(), work.data())) {
-                  ++refused;  // shape unsupported at this vector width: the store falls back
-                  continue;
-                }
-                squat::kv::simd::fused_block_reference(b, q.data(), vis.data(), rows, scale,
-                                                       partr.data());
-                for (std::size_t i = 0; i < pf.size(); ++i) {
-                  ASSERT_NEAR(pf[i], pr[i], 1e-4 * (1.0 + std::fabs(pr[i])))
-                      << "D=" << D << " G=" << G << " k" << kbits << "v" << vbits
-                      << " rope=" << rope_kind << " rows=" << rows << " at " << i;
-                }
-                ++checked;
+// The fused decode kernel (unpack, dequantize, RoPE, online softmax, values in registers)
+// against its scalar reference on random codes, all bit widths, RoPE layouts and row counts.
+TEST(KvAttention, FusedBlockKernelMatchesScalarReference) {
+  std::mt19937_64 rng(99);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  int checked = 0;
+  for (std::size_t D : {std::size_t(64), std::size_t(128)}) {
+    for (std::size_t G : {std::size_t(16), std::size_t(32)}) {
+      for (int kbits : {2, 4, 8}) {
+        for (int vbits : {2, 4, 8}) {
+          for (int rope_kind = 0; rope_kind < 3; ++rope_kind) {  // none, normal, neox
+            for (std::size_t rows :
+                 {std::size_t(1), std::size_t(3), std::size_t(5), std::size_t(9)}) {
+              const std::size_t nb = G;
+              std::vector<uint8_t> kc(nb * D + 64), vc(nb * D + 64);
+              for (auto& x : kc) x = uint8_t(byte(rng));
+              for (auto& x : vc) x = uint8_t(byte(rng));
+              std::vector<float> ks(D), km(D), vs(nb * D / G), vm(nb * D / G);
+              for (auto& x : ks) x = std::fabs(normal(rng)) * 0.3f;
+              for (auto& x : km) x = normal(rng);
+              for (auto& x : vs) x = std::fabs(normal(rng)) * 0.3f;
+              for (auto& x : vm) x = normal(rng);
+              RopeTable table(
+                  make_rope(int(D), rope_kind == 2 ? RopeLayout::Neox : RopeLayout::Normal));
+              const std::size_t p0 = 1000 + nb * std::size_t(checked % 7);
+              table.ensure(p0 + nb);
+              squat::kv::simd::FusedBlock b;
+              b.kcodes = kc.data();
+              b.vcodes = vc.data();
+              b.kscale = ks.data();
+              b.kmin = km.data();
+              b.vscale = vs.data();
+              b.vmin = vm.data();
+              if (rope_kind > 0) {
+                b.rope_cs = table.cs_row(p0);
+                b.neox = rope_kind == 2;
               }
+              b.kbits = kbits;
+              b.vbits = vbits;
+              b.G = G;
+              b.nb = nb;
+              b.d = D;
+              const auto qs = randn(rows * D, 100 + std::size_t(checked), 0.5f);
+              std::vector<const float*> q(rows);
+              std::vector<std::size_t> vis(rows);
+              std::vector<float> pf(rows * (D + 2)), pr;
+              for (std::size_t r = 0; r < rows; ++r) {
+                q[r] = qs.data() + r * D;
+                vis[r] = r == 1 ? 0 : (r * 7 + nb) % (nb + 1);
+                float* p = pf.data() + r * (D + 2);
+                if (r % 2 == 0) {  // fresh partial
+                  p[0] = -std::numeric_limits<float>::infinity();
+                  std::fill(p + 1, p + D + 2, 0.0f);
+                } else {  // partial from earlier blocks
+                  p[0] = 2.0f;
+                  p[1] = 3.0f;
+                  for (std::size_t c = 0; c < D; ++c) p[2 + c] = normal(rng);
+                }
+              }
+              pr = pf;
+              std::vector<float*> partf(rows), partr(rows);
+              for (std::size_t r = 0; r < rows; ++r) {
+                partf[r] = pf.data() + r * (D + 2);
+                partr[r] = pr.data() + r * (D + 2);
+              }
+              std::vector<float> work(squat::kv::simd::fused_work_floats(nb, D, G));
+              const float scale = 1.0f / std::sqrt(float(D));
+              if (!squat::kv::simd::fused_block(b, q.data(), vis.data(), rows, scale, partf.data(),
+                                                work.data())) {
+                continue;  // shape unsupported at this vector width: the store falls back
+              }
+              squat::kv::simd::fused_block_reference(b, q.data(), vis.data(), rows, scale,
+                                                     partr.data());
+              for (std::size_t i = 0; i < pf.size(); ++i) {
+                ASSERT_NEAR(pf[i], pr[i], 1e-4 * (1.0 + std::fabs(pr[i])))
+                    << "D=" << D << " G=" << G << " k" << kbits << "v" << vbits
+                    << " rope=" << rope_kind << " rows=" << rows << " at " << i;
+              }
+              ++checked;
             }
           }
         }
       }
     }
-    std::printf("  %s: %d shapes checked, %d refused\n", hwy::TargetName(target), checked, refused);
-    if (target != HWY_SCALAR) {
-      // Every vector target runs the shapes the models use (2/4-bit, d 64 and 128).
-      EXPECT_GE(checked, 2 * 2 * 2 * 2 * 3 * 4) << "refused " << refused;
-      ++targets_run;
-    }
   }
-  hwy::SetSupportedTargetsForTest(0);
-  EXPECT_GT(targets_run, 0);
+  EXPECT_GT(checked, 0);
 }
