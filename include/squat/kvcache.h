@@ -73,6 +73,30 @@ struct CacheConfig {
   std::string describe() const;
 };
 
+// The cache options by name, as the command line's flags (`--kv`, `--k-bits`, ...) and the
+// Python package's squat.CacheConfig spell them: enumerations as their flag values, 0 for an
+// automatic quant_group_size, an empty key_rope for the method's default (pre for kivi/squat,
+// post otherwise).
+struct CacheOptions {
+  std::string method = "f16";
+  int k_bits = 2, v_bits = 2;
+  int group_size = 32;
+  int residual_length = 32;
+  int quant_group_size = 0;
+  int subspace_dim = 20;
+  double lambda = 0.001;
+  std::string key_quant = "per-channel";
+  std::string key_rope;
+  std::string query_rope = "after";
+  bool power_method = false;
+  bool hadamard = false;
+};
+
+// The one translation of named options into a CacheConfig for a model with this head_dim:
+// resolves the defaults, refuses unknown names and impossible combinations (fail_usage, the
+// message naming the field and the method).
+CacheConfig make_cache_config(const CacheOptions& options, int head_dim);
+
 // RoPE description: inv_freq has head_dim/2 entries; token at position p rotates pair i by
 // angle float(p) * inv_freq[i] (computed in float, cos/sin in float).
 struct RopeSpec {

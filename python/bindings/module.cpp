@@ -52,51 +52,30 @@ Out to_numpy(std::vector<float>&& data, std::initializer_list<std::size_t> shape
 
 // ---- CacheConfig ------------------------------------------------------------------------
 
-// The library configuration from the options' values (the Python class checks which options
-// apply to the method, as the command line's check_flags does); validate() is the same check
-// the command line runs, so the same combinations are refused with the same messages.
+// The library configuration from the options' values: kv::make_cache_config, the same
+// translation and check the command line runs, so the same combinations are refused with the
+// same messages (the Python class checks which options apply to the method, as the command
+// line's check_flags does).
 squat::kv::CacheConfig make_cache_config(const std::string& method, int k_bits, int v_bits,
                                          int group_size, int residual_length, int quant_group_size,
                                          int subspace_dim, double lambda,
                                          const std::string& key_quant, const std::string& key_rope,
                                          const std::string& query_rope, bool power_method,
                                          bool hadamard, int head_dim) {
-  namespace kv = squat::kv;
-  kv::CacheConfig c;
-  c.method = kv::parse_method(method);
-  c.k_bits = k_bits;
-  c.v_bits = v_bits;
-  c.group_size = group_size;
-  c.residual_length = residual_length;
-  c.subspace_dim = subspace_dim;
-  c.lambda = lambda;
-  if (key_quant != "per-channel" && key_quant != "per-token") {
-    fail_usage("key_quant must be 'per-channel' or 'per-token', got '{}'", key_quant);
-  }
-  c.key_quant = key_quant == "per-token" ? kv::GroupLayout::PerToken : kv::GroupLayout::PerChannel;
-  if (head_dim <= 0) fail_usage("head_dim must be positive, got {}", head_dim);
-  if (group_size <= 0) fail_usage("group_size must be positive, got {}", group_size);
-  c.quant_group_size = quant_group_size > 0
-                           ? quant_group_size
-                           : kv::default_quant_group_size(head_dim, c.key_quant, c.group_size);
-  const bool kivi_like = c.method == kv::CacheMethod::Kivi || c.method == kv::CacheMethod::Squat;
-  const std::string rope = key_rope.empty() ? (kivi_like ? "pre" : "post") : key_rope;
-  if (rope != "pre" && rope != "post") {
-    fail_usage("key_rope must be 'pre' or 'post', got '{}'", key_rope);
-  }
-  c.key_rope = rope == "pre" ? kv::KeyRope::Pre : kv::KeyRope::Post;
-  if (query_rope != "after" && query_rope != "before") {
-    fail_usage("query_rope must be 'after' or 'before', got '{}'", query_rope);
-  }
-  c.query_rope = query_rope == "before" ? kv::QueryRope::Before : kv::QueryRope::After;
-  c.power_method = power_method;
-  c.hadamard = hadamard;
-  try {
-    c.validate(head_dim);
-  } catch (const squat::Error& e) {
-    fail_usage("invalid KV cache options for method '{}': {}", method, e.what());
-  }
-  return c;
+  return squat::kv::make_cache_config({.method = method,
+                                       .k_bits = k_bits,
+                                       .v_bits = v_bits,
+                                       .group_size = group_size,
+                                       .residual_length = residual_length,
+                                       .quant_group_size = quant_group_size,
+                                       .subspace_dim = subspace_dim,
+                                       .lambda = lambda,
+                                       .key_quant = key_quant,
+                                       .key_rope = key_rope,
+                                       .query_rope = query_rope,
+                                       .power_method = power_method,
+                                       .hadamard = hadamard},
+                                      head_dim);
 }
 
 // ---- squat quant on arrays --------------------------------------------------------------

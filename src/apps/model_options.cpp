@@ -38,30 +38,21 @@ constexpr MethodFlag kMethodFlags[] = {
 }  // namespace
 
 kv::CacheConfig ModelOptions::cache_config(int head_dim) const {
-  kv::CacheConfig c;
-  c.method = kv::parse_method(kv);
-  c.k_bits = k_bits;
-  c.v_bits = v_bits;
-  c.group_size = group_size;
-  c.residual_length = residual_length;
-  c.subspace_dim = subspace_dim;
-  c.lambda = lambda;
-  c.key_quant = key_quant == "per-token" ? kv::GroupLayout::PerToken : kv::GroupLayout::PerChannel;
-  c.quant_group_size = quant_group_size > 0
-                           ? quant_group_size
-                           : kv::default_quant_group_size(head_dim, c.key_quant, c.group_size);
-  const bool kivi_like = c.method == kv::CacheMethod::Kivi || c.method == kv::CacheMethod::Squat;
-  const std::string rope = key_rope.empty() ? (kivi_like ? "pre" : "post") : key_rope;
-  c.key_rope = rope == "pre" ? kv::KeyRope::Pre : kv::KeyRope::Post;
-  c.query_rope = query_rope == "before" ? kv::QueryRope::Before : kv::QueryRope::After;
-  c.power_method = power_method;
-  c.hadamard = hadamard;
-  try {
-    c.validate(head_dim);
-  } catch (const Error& e) {
-    fail_usage("invalid KV cache options for --kv {}: {}", kv, e.what());
-  }
-  return c;
+  kv::CacheOptions o;
+  o.method = kv;
+  o.k_bits = k_bits;
+  o.v_bits = v_bits;
+  o.group_size = group_size;
+  o.residual_length = residual_length;
+  o.quant_group_size = quant_group_size;
+  o.subspace_dim = subspace_dim;
+  o.lambda = lambda;
+  o.key_quant = key_quant;
+  o.key_rope = key_rope;
+  o.query_rope = query_rope;
+  o.power_method = power_method;
+  o.hadamard = hadamard;
+  return kv::make_cache_config(o, head_dim);
 }
 
 void add_model_options(CLI::App& cmd, ModelOptions& options, std::vector<std::string>* kv_list) {

@@ -72,6 +72,47 @@ int default_quant_group_size(int head_dim, GroupLayout key_quant, int group_size
   return std::clamp(g, 1, std::max(1, head_dim));
 }
 
+CacheConfig make_cache_config(const CacheOptions& o, int head_dim) {
+  CacheConfig c;
+  c.method = parse_method(o.method);
+  c.k_bits = o.k_bits;
+  c.v_bits = o.v_bits;
+  c.group_size = o.group_size;
+  c.residual_length = o.residual_length;
+  c.subspace_dim = o.subspace_dim;
+  c.lambda = o.lambda;
+  if (o.key_quant != "per-channel" && o.key_quant != "per-token") {
+    fail_usage("key_quant must be 'per-channel' or 'per-token', got '{}'", o.key_quant);
+  }
+  c.key_quant = o.key_quant == "per-token" ? GroupLayout::PerToken : GroupLayout::PerChannel;
+  if (head_dim <= 0) fail_usage("head_dim must be positive, got {}", head_dim);
+  if (o.group_size <= 0) fail_usage("group_size must be positive, got {}", o.group_size);
+  if (o.quant_group_size < 0) {
+    fail_usage("quant_group_size must be positive (0: automatic), got {}", o.quant_group_size);
+  }
+  c.quant_group_size = o.quant_group_size > 0
+                           ? o.quant_group_size
+                           : default_quant_group_size(head_dim, c.key_quant, c.group_size);
+  const bool kivi_like = c.method == CacheMethod::Kivi || c.method == CacheMethod::Squat;
+  const std::string rope = o.key_rope.empty() ? (kivi_like ? "pre" : "post") : o.key_rope;
+  if (rope != "pre" && rope != "post") {
+    fail_usage("key_rope must be 'pre' or 'post', got '{}'", o.key_rope);
+  }
+  c.key_rope = rope == "pre" ? KeyRope::Pre : KeyRope::Post;
+  if (o.query_rope != "after" && o.query_rope != "before") {
+    fail_usage("query_rope must be 'after' or 'before', got '{}'", o.query_rope);
+  }
+  c.query_rope = o.query_rope == "before" ? QueryRope::Before : QueryRope::After;
+  c.power_method = o.power_method;
+  c.hadamard = o.hadamard;
+  try {
+    c.validate(head_dim);
+  } catch (const Error& e) {
+    fail_usage("invalid KV cache options for method '{}': {}", o.method, e.what());
+  }
+  return c;
+}
+
 int CacheConfig::window() const {
   return (method == CacheMethod::Kivi || method == CacheMethod::Squat) ? residual_length : 0;
 }

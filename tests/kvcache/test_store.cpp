@@ -418,6 +418,48 @@ TEST(KvStore, ValidateRefusesImpossibleConfigs) {
   EXPECT_THROW(LayerCache(base, 1, 64, nullptr), squat::Error);
 }
 
+// Named options (the command line's and the Python package's one translation): defaults that
+// depend on the method and head_dim resolved as documented, bad names refused with the field.
+TEST(KvStore, CacheConfigFromNamedOptions) {
+  CacheOptions o;
+  o.method = "squat";
+  CacheConfig c = make_cache_config(o, 64);
+  EXPECT_EQ(c.method, CacheMethod::Squat);
+  EXPECT_EQ(c.key_rope, KeyRope::Pre);   // kivi/squat keep keys before RoPE
+  EXPECT_EQ(c.quant_group_size, 16);     // head_dim/4 below head_dim 128
+  EXPECT_EQ(make_cache_config(o, 128).quant_group_size, 64);
+  o.quant_group_size = 32;
+  o.key_quant = "per-token";
+  o.query_rope = "before";
+  c = make_cache_config(o, 64);
+  EXPECT_EQ(c.quant_group_size, 32);
+  EXPECT_EQ(c.key_quant, GroupLayout::PerToken);
+  EXPECT_EQ(c.query_rope, QueryRope::Before);
+  CacheOptions f16;
+  EXPECT_EQ(make_cache_config(f16, 64).key_rope, KeyRope::Post);  // others after RoPE
+  auto message = [](CacheOptions bad) -> std::string {
+    try {
+      make_cache_config(bad, 64);
+    } catch (const squat::Error& e) {
+      EXPECT_EQ(e.exit_status(), 2);
+      return e.what();
+    }
+    return "accepted";
+  };
+  CacheOptions bad = o;
+  bad.key_quant = "per-row";
+  EXPECT_NE(message(bad).find("key_quant"), std::string::npos);
+  bad = o;
+  bad.key_rope = "middle";
+  EXPECT_NE(message(bad).find("key_rope"), std::string::npos);
+  bad = o;
+  bad.method = "int3";
+  EXPECT_NE(message(bad).find("int3"), std::string::npos);
+  bad = o;
+  bad.k_bits = 3;
+  EXPECT_NE(message(bad).find("method 'squat'"), std::string::npos);
+}
+
 TEST(KvStore, SquatFlushWithoutStatesFails) {
   CacheConfig cfg;  // squat, R = 32
   KvCache cache(cfg, 1, 1, 64, make_rope(64, RopeLayout::Normal));
