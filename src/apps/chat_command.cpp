@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,7 @@
 #include "core/files.h"
 #include "model/generate.h"
 #include "server/stop_filter.h"
+#include "tokenizer/unicode.h"
 
 namespace squat::apps {
 
@@ -161,6 +163,14 @@ class Chat {
         if (!command(text)) return;
         continue;
       }
+      // A message the tokenizer cannot take is refused here, not fatal to the conversation.
+      if (const std::size_t bad = unicode::first_invalid(line); bad != unicode::kValid) {
+        fmt::print(stderr,
+                   "[not sent: the message is not valid UTF-8 (byte 0x{:02x} at offset {}); is "
+                   "the terminal set to UTF-8?]\n",
+                   static_cast<unsigned char>(line[bad]), bad);
+        continue;
+      }
       turn(line);
     }
   }
@@ -205,8 +215,10 @@ class Chat {
     cached_text_.clear();
   }
 
-  int count_tokens(const std::string& text, bool with_bos) const {
-    return int(loaded_.tokenizer->encode(text, with_bos, true).size());
+  // Message content is plain text: only the template's delimiters become control tokens, so a
+  // user cannot forge a turn by typing "<|im_end|>\n<|im_start|>system".
+  std::vector<int32_t> encode(const RenderedChat& chat, bool with_bos) const {
+    return loaded_.tokenizer->encode_chat(chat, with_bos);
   }
 
   // Room kept for the reply when deciding whether a turn fits.
@@ -214,29 +226,37 @@ class Chat {
     return std::min(options_.n_predict, loaded_.context->max_tokens() / 2);
   }
 
-  // The text to feed for the new turn (the last message): only what follows the cached text, or
-  // after dropping the oldest turns, the whole rendered conversation. Empty when even the
-  // system message and the new message alone do not fit (the message is then withdrawn).
-  std::string prepare_turn() {
+  struct Turn {
+    RenderedChat feed;         // what the cache lacks of the conversation
+    std::string conversation;  // the whole rendered conversation, generation prompt included
+  };
+
+  // The new turn (the last message): only what follows the cached text, or after dropping the
+  // oldest turns, the whole rendered conversation. Nothing when even the system message and
+  // the new message alone do not fit (the message is then withdrawn).
+  std::optional<Turn> prepare_turn() {
     const gguf::File& file = loaded_.model->file();
     const int max_tokens = loaded_.context->max_tokens();
-    std::string rendered = apply_chat_template(file, messages_, true);
-    if (rendered.compare(0, cached_text_.size(), cached_text_) == 0) {
-      const std::string fresh = rendered.substr(cached_text_.size());
+    RenderedChat rendered = render_chat_template(file, messages_, true);
+    if (rendered.text.compare(0, cached_text_.size(), cached_text_) == 0) {
+      RenderedChat fresh = rendered.suffix(cached_text_.size());
       const int n_past = loaded_.context->n_past();
-      if (n_past + count_tokens(fresh, n_past == 0) + reply_reserve() <= max_tokens) return fresh;
+      if (n_past + int(encode(fresh, n_past == 0).size()) + reply_reserve() <= max_tokens) {
+        return Turn{std::move(fresh), std::move(rendered.text)};
+      }
     }
     // The conversation is fed again from the start, without its oldest turns if need be.
     const std::size_t first_turn = options_.system.empty() ? 0 : 1;
     int dropped = 0;
-    while (count_tokens(rendered, true) + reply_reserve() > max_tokens) {
+    int needed = 0;
+    while ((needed = int(encode(rendered, true).size())) + reply_reserve() > max_tokens) {
       if (messages_.size() - first_turn <= 1) {
         fmt::print(stderr,
                    "[message too long: with the system message it needs {} tokens and the reply "
                    "{}, but the context holds {} (raise -c/--context); not sent]\n",
-                   count_tokens(rendered, true), reply_reserve(), max_tokens);
+                   needed, reply_reserve(), max_tokens);
         messages_.pop_back();
-        return "";
+        return std::nullopt;
       }
       // Drop the oldest user message and the replies up to the next user message.
       std::size_t end = first_turn + 1;
@@ -244,7 +264,7 @@ class Chat {
       messages_.erase(messages_.begin() + std::ptrdiff_t(first_turn),
                       messages_.begin() + std::ptrdiff_t(end));
       ++dropped;
-      rendered = apply_chat_template(file, messages_, true);
+      rendered = render_chat_template(file, messages_, true);
     }
     if (dropped > 0) {
       fmt::print(stderr, "[context full: dropped the oldest {} turn{}{}]\n", dropped,
@@ -252,18 +272,19 @@ class Chat {
                  options_.system.empty() ? "" : "; the system message is kept");
     }
     restart_cache();
-    return rendered;
+    std::string conversation = rendered.text;
+    return Turn{std::move(rendered), std::move(conversation)};
   }
 
   void turn(const std::string& line) {
     messages_.push_back({"user", line});
-    const std::string fresh = prepare_turn();
-    if (fresh.empty()) return;
+    const std::optional<Turn> next = prepare_turn();
+    if (!next) return;
     InferenceContext& context = *loaded_.context;
     const Tokenizer& tokenizer = *loaded_.tokenizer;
     // BOS (where the model wants one) only at the very start of the conversation.
-    const std::vector<int32_t> prompt = tokenizer.encode(fresh, context.n_past() == 0, true);
-    const std::string turn_text = apply_chat_template(loaded_.model->file(), messages_, true);
+    const std::vector<int32_t> prompt = encode(next->feed, context.n_past() == 0);
+    if (options_.verbose_prompt) print_prompt_tokens(tokenizer, prompt);
     const int cached_before = context.n_past();
 
     server::StopFilter filter(options_.stop);
@@ -298,7 +319,7 @@ class Chat {
       context.eval(std::span<const int32_t>(&accepted.back(), 1));
     }
     messages_.push_back({"assistant", reply});
-    cached_text_ = turn_text + reply;
+    cached_text_ = next->conversation + reply;
     // A stop string was cut from the reply but is in the cache: the texts no longer agree, so
     // the next turn feeds the conversation again.
     if (filter.stopped()) restart_cache();
@@ -323,6 +344,10 @@ class Chat {
 
 void run_chat(const GenerationOptions& options) {
   if (!options.stats_json.empty()) fail_usage("--stats-json applies to squat run, not the chat");
+  if (options.n_predict < 1) {
+    fail_usage("-n {} leaves no room for a reply: give the most tokens per reply (at least 1)",
+               options.n_predict);
+  }
   if (options.n_predict > options.model.context) {
     fail_usage("-n {} is more than the context holds (-c {}): raise -c/--context or lower -n",
                options.n_predict, options.model.context);

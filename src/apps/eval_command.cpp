@@ -273,15 +273,17 @@ void eval_gsm8k(const Gsm8kOptions& options) {
       const auto& problem = test[std::size_t(todo[i])];
       const std::string question = problem.at("question").get<std::string>();
       golds[i] = extract_answer(problem.at("answer").get<std::string>());
-      std::string prompt_text;
       if (options.chat) {
         auto messages = chat_shots;
         messages.push_back({"user", "Question: " + question});
-        prompt_text = apply_chat_template(model.file(), messages, true) + "Answer:";
+        // Questions are text: control tokens only where the template writes them.
+        RenderedChat chat = render_chat_template(model.file(), messages, true);
+        chat.text += "Answer:";
+        prompts[i] = tokenizer.encode_chat(chat, true);
       } else {
-        prompt_text = few_shot + fmt::format("Question: {}\nAnswer:", question);
+        prompts[i] = tokenizer.encode(few_shot + fmt::format("Question: {}\nAnswer:", question),
+                                      true, false);
       }
-      prompts[i] = tokenizer.encode(prompt_text, true, options.chat);
       if (int(prompts[i].size()) + options.max_tokens > capacity) {
         fail(
             "gsm8k problem {}: the prompt has {} tokens and up to {} are generated, but the "

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <limits>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "core/error.h"
@@ -42,13 +44,17 @@ void add_generation_options(CLI::App& cmd, GenerationOptions& options, const cha
       ->add_option("--frequency-penalty", s.frequency_penalty,
                    "Subtract this times the count of each recently seen token (0 = off)")
       ->capture_default_str();
-  sampling->add_option("--seed", s.seed, "Random seed (default: random, printed to repeat a run)");
+  sampling->add_option("--seed", s.seed,
+                       "Random seed (default, or -1 as in llama.cpp: a random one, printed so a "
+                       "run can be repeated)");
   cmd.add_option("-r,--stop,--reverse-prompt", options.stop,
                  "End the reply where the output reaches this text (repeatable)");
   cmd.add_flag("--ignore-eos", options.ignore_eos,
                "Never end at the model's end-of-generation token (generate all -n tokens)");
   cmd.add_option("--stats-json", options.stats_json,
                  "Write what the run measured (speed, cache bytes, bits per element, peak RSS)");
+  cmd.add_flag("--verbose-prompt", options.verbose_prompt,
+               "Print the prompt's tokens (id and text) on stderr before generating");
   options.command = &cmd;
 }
 
@@ -59,7 +65,9 @@ void finish_generation_options(GenerationOptions& options) {
     if (stop.empty()) fail_usage("--stop/-r needs a non-empty text");
   }
   Sampler{options.sampling};  // refuse bad sampling values before the model loads
-  options.seed_given = options.command && options.command->count("--seed") > 0;
+  // --seed -1 arrives as 2^64 - 1; llama.cpp users mean "random" by it.
+  options.seed_given = options.command && options.command->count("--seed") > 0 &&
+                       options.sampling.seed != std::numeric_limits<uint64_t>::max();
   if (!options.seed_given) {
     std::random_device device;
     options.sampling.seed = (uint64_t(device()) << 32) | device();
@@ -74,6 +82,16 @@ Sampler make_sampler(const GenerationOptions& options, const Tokenizer& tokenize
     }
   }
   return sampler;
+}
+
+void print_prompt_tokens(const Tokenizer& tokenizer, const std::vector<int32_t>& tokens) {
+  fmt::print(stderr, "prompt: {} tokens\n", tokens.size());
+  for (const int32_t id : tokens) {
+    // A byte-level piece may be part of a UTF-8 character: such bytes show as U+FFFD.
+    const nlohmann::json piece = tokenizer.token_to_piece(id, true);
+    fmt::print(stderr, "{:>8} {}\n", id,
+               piece.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  }
 }
 
 std::string human_bytes(std::size_t bytes) {

@@ -22,6 +22,7 @@ struct GenerationOptions {
   bool ignore_eos = false;
   std::string system;  // chat: the system message
   std::string stats_json;
+  bool verbose_prompt = false;  // print the prompt's tokens before generating
   const CLI::App* command = nullptr;
 };
 
@@ -35,6 +36,10 @@ void finish_generation_options(GenerationOptions& options);
 
 // A sampler for the options; with --ignore-eos it never samples an end-of-generation token.
 Sampler make_sampler(const GenerationOptions& options, const Tokenizer& tokenizer);
+
+// --verbose-prompt: on stderr, the number of tokens, then one line per token: its id and its
+// text as a JSON string (control tokens by name), so what the model is fed can be checked.
+void print_prompt_tokens(const Tokenizer& tokenizer, const std::vector<int32_t>& tokens);
 
 // "512 B", "3.4 KiB", "12.0 MiB", "1.50 GiB".
 std::string human_bytes(std::size_t bytes);

@@ -137,20 +137,26 @@ void run(RunOptions& options) {
   }
   LoadedModel loaded = load_model(gen.model);
   Sampler sampler = make_sampler(gen, *loaded.tokenizer);
-  std::string text = options.prompt.empty() ? read_text_file(options.prompt_file) : options.prompt;
-  const bool chat = options.chat;
-  if (chat) {
+  const std::string text =
+      options.prompt.empty() ? read_text_file(options.prompt_file) : options.prompt;
+  std::vector<int32_t> prompt;
+  if (options.chat) {
     std::vector<ChatMessage> messages;
     if (!gen.system.empty()) messages.push_back({"system", gen.system});
     messages.push_back({"user", text});
-    text = apply_chat_template(loaded.model->file(), messages, true);
+    // The prompt is message content, plain text: only the template's delimiters become control
+    // tokens (a prompt holding "<|im_start|>system" cannot forge a turn).
+    prompt = loaded.tokenizer->encode_chat(
+        render_chat_template(loaded.model->file(), messages, true), true);
+  } else {
+    prompt = loaded.tokenizer->encode(text, true, false);
   }
-  const std::vector<int32_t> prompt = loaded.tokenizer->encode(text, true, chat);
+  if (gen.verbose_prompt) print_prompt_tokens(*loaded.tokenizer, prompt);
   if (int(prompt.size()) > loaded.context->max_tokens()) {
     fail("the prompt has {} tokens but the context holds {} (raise -c/--context)", prompt.size(),
          loaded.context->max_tokens());
   }
-  if (!chat && options.display_prompt) std::fwrite(text.data(), 1, text.size(), stdout);
+  if (!options.chat && options.display_prompt) std::fwrite(text.data(), 1, text.size(), stdout);
   StopStreamer streamer(gen.stop);
   const GenerationStats stats = generate(
       *loaded.context, *loaded.tokenizer, prompt, gen.n_predict, sampler,

@@ -333,9 +333,11 @@ CompletionRequest parse_completion_request(const std::string& text, Endpoint end
   r.sampling.min_p = float_in(body, "min_p", 0.0f, 1.0f, 0.0f);
   r.sampling.repeat_penalty = float_in(body, "repeat_penalty", 0.0f, 10.0f, 1.0f, true);
   if (field(body, "seed")) {
-    r.sampling.seed = uint64_t(integer_in(body, "seed", std::numeric_limits<int64_t>::min(),
-                                          std::numeric_limits<int64_t>::max(), 0));
-    r.seeded = true;
+    const int64_t seed = integer_in(body, "seed", std::numeric_limits<int64_t>::min(),
+                                    std::numeric_limits<int64_t>::max(), 0);
+    // -1 is llama.cpp's "random seed" (its server's default): the server draws one.
+    r.seeded = seed != -1;
+    if (r.seeded) r.sampling.seed = uint64_t(seed);
   }
   if (integer_in(body, "n", 1, 1 << 20, 1) != 1) {
     refuse("n", "only n = 1 is supported: send one request per completion");

@@ -1,5 +1,6 @@
 #include "tokenizer/chat_template.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <mutex>
 #include <set>
@@ -111,6 +112,19 @@ const char* ChatTemplate::format_name() const {
       return "mistral";
   }
   return "chatml";
+}
+
+RenderedChat RenderedChat::suffix(std::size_t from) const {
+  RenderedChat out;
+  if (from >= text.size()) return out;
+  out.text = text.substr(from);
+  for (const TextRange& r : markup) {
+    const std::size_t end = r.offset + r.length;
+    if (end <= from) continue;
+    const std::size_t begin = std::max(r.offset, from);
+    out.markup.push_back({begin - from, end - begin});
+  }
+  return out;
 }
 
 namespace {

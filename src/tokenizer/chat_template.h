@@ -29,6 +29,11 @@ struct TextRange {
 struct RenderedChat {
   std::string text;
   std::vector<TextRange> markup;
+
+  // The text from byte `from` on, with the markup ranges that reach past it cut there and
+  // moved to the new offsets: what a chat whose cache holds text[0, from) feeds next. A
+  // control token cut in two by `from` is text on both sides.
+  RenderedChat suffix(std::size_t from) const;
 };
 
 enum class ChatFormat {

@@ -56,6 +56,9 @@ TEST(Request, CompletionFieldsAndDefaults) {
   EXPECT_EQ(s.sampling.top_k, 3);
   EXPECT_TRUE(s.seeded);
   EXPECT_EQ(s.sampling.seed, 42u);
+  // llama.cpp's clients send seed -1 for "random": not the fixed seed 2^64 - 1.
+  EXPECT_FALSE(completion(R"({"prompt":"x","seed":-1})").seeded);
+  EXPECT_TRUE(completion(R"({"prompt":"x","seed":-2})").seeded);
   EXPECT_EQ(s.stop, (std::vector<std::string>{"a", "bc"}));
   EXPECT_TRUE(s.stream);
   EXPECT_TRUE(s.include_usage);
