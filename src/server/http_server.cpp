@@ -338,6 +338,12 @@ void HttpServer::routes() {
       return;
     }
     if (!res.body.empty()) return;
+    if (res.status == 400 || res.status == 414) {
+      // httplib could not parse the request line or headers: what follows on the connection
+      // cannot be trusted to start a request (one answer per garbage line otherwise).
+      if (c) c->close_after = true;
+      res.set_header("Connection", "close");
+    }
     const char* text = status_text(res.status);
     const std::string message = res.status == 404
                                     ? fmt::format("no endpoint {} {}", req.method, req.path)
@@ -373,6 +379,20 @@ void HttpServer::routes() {
       }
       return R::Handled;
     };
+    // Framing that two parsers could read differently (request smuggling through a proxy):
+    // several Content-Lengths that disagree, or one beside Transfer-Encoding (RFC 9112 6.3).
+    if (body) {
+      const auto lengths = req.headers.equal_range("Content-Length");
+      for (auto it = lengths.first; it != lengths.second; ++it) {
+        if (it->second != lengths.first->second) {
+          return refuse_with(400, "the request has Content-Length headers that disagree");
+        }
+      }
+      if (req.has_header("Transfer-Encoding") && req.has_header("Content-Length")) {
+        return refuse_with(400, "the request has both Content-Length and Transfer-Encoding: "
+                                "send one of them");
+      }
+    }
     const std::string origin = req.get_header_value("Origin");
     if (!origin.empty()) {
       // Browsers send Origin on cross-origin requests (and on POSTs); a page elsewhere must
@@ -428,7 +448,8 @@ void HttpServer::routes() {
       errno = 0;
       char* end = nullptr;
       const unsigned long long n = std::strtoull(length.c_str(), &end, 10);
-      if (length.empty() || *end != '\0' || errno != 0 || length[0] == '-') {
+      if (length.empty() || length.find_first_not_of("0123456789") != std::string::npos ||
+          *end != '\0' || errno != 0) {
         return refuse_with(400, fmt::format("Content-Length '{}' is not a byte count", length));
       }
       if (n > options_.max_body_bytes) {

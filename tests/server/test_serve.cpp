@@ -617,6 +617,51 @@ TEST_F(Serve, CompressedBodyIsBoundedAfterDecoding) {
   EXPECT_EQ(status_of(ok.read_all()), 200);
 }
 
+// Framing two parsers could read differently (request smuggling through a proxy) is refused,
+// and a request httplib cannot parse ends the connection: what follows on it is never read as
+// another request (a GET /health sent after each here must not be answered).
+TEST_F(Serve, AmbiguousFramingIsRefusedAndClosesTheConnection) {
+  const std::string body = R"({"prompt":"Hi","max_tokens":1})";
+  const std::string length = "Content-Length: " + std::to_string(body.size()) + "\r\n";
+  const std::string next = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+  struct Case {
+    const char* name;
+    std::string request;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {"two Content-Lengths", post_head("/v1/completions", length + "Content-Length: 5\r\n") + body,
+       "disagree"},
+      {"Content-Length and chunked",
+       post_head("/v1/completions", length + "Transfer-Encoding: chunked\r\n") + chunked(body, 8),
+       "both Content-Length and Transfer-Encoding"},
+      {"signed Content-Length",
+       post_head("/v1/completions", "Content-Length: +" + std::to_string(body.size()) + "\r\n") +
+           body,
+       "not a byte count"},
+      {"unknown method", "FOO / HTTP/1.1\r\nHost: x\r\n\r\n", "malformed HTTP request"},
+      {"binary junk", std::string("\x00\x01\xff\r\n\r\n", 7), "malformed HTTP request"},
+  };
+  for (const Case& c : cases) {
+    RawSocket s(port());
+    ASSERT_TRUE(s.connected());
+    s.send_all(c.request + next);
+    const std::string response = s.read_all();
+    EXPECT_EQ(status_of(response), 400) << c.name << ": " << response.substr(0, 300);
+    EXPECT_NE(response.find(c.message), std::string::npos) << c.name << ": " << response;
+    std::size_t answers = 0;
+    for (std::size_t at = response.find("HTTP/1.1 "); at != std::string::npos;
+         at = response.find("HTTP/1.1 ", at + 1)) {
+      ++answers;
+    }
+    EXPECT_EQ(answers, 1u) << c.name << ": " << response;
+  }
+  // Two equal Content-Lengths say the same thing: read as one.
+  RawSocket same(port());
+  same.send_all(post_head("/v1/completions", length + length + "Connection: close\r\n") + body);
+  EXPECT_EQ(status_of(same.read_all()), 200);
+}
+
 TEST_F(Serve, HeaderFloodIs431) {
   RawSocket s(port());
   std::string head = "GET /health HTTP/1.1\r\nHost: x\r\n";
