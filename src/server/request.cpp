@@ -75,6 +75,11 @@ int64_t integer_in(const json& body, const char* name, int64_t low, int64_t high
   const json* v = field(body, name);
   if (!v) return fallback;
   if (!v->is_number_integer()) {
+    // An integer too large for 64 bits is parsed as a float: say it is out of range.
+    const double x = v->is_number_float() ? v->get<double>() : 0.5;
+    if (x == std::floor(x) && (x < double(low) || x > double(high))) {
+      refuse(name, fmt::format("'{}' must be in [{}, {}], got {}", name, low, high, v->dump()));
+    }
     refuse(name, fmt::format("'{}' must be an integer, got {}", name, type_name(*v)));
   }
   // Unsigned values beyond int64 come back as huge unsigned numbers: compare as such.

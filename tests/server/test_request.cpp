@@ -118,6 +118,25 @@ TEST(Request, WrongTypesNameTheField) {
             "messages[0].content[0]");
 }
 
+// An integer beyond 64 bits is out of range, not "a fractional number" (as it was reported).
+TEST(Request, HugeIntegersAreOutOfRange) {
+  for (const char* body : {R"({"prompt":"x","max_tokens":123456789012345678901234567890})",
+                           R"({"prompt":"x","seed":-1e30})"}) {
+    try {
+      completion(body);
+      ADD_FAILURE() << "accepted " << body;
+    } catch (const RequestError& e) {
+      EXPECT_NE(std::string(e.what()).find("must be in ["), std::string::npos) << e.what();
+    }
+  }
+  try {
+    completion(R"({"prompt":"x","max_tokens":2.0})");
+    ADD_FAILURE() << "accepted 2.0";
+  } catch (const RequestError& e) {
+    EXPECT_NE(std::string(e.what()).find("must be an integer"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Request, OutOfRangeValuesNameTheField) {
   EXPECT_EQ(refused_param(R"({"prompt":"x","max_tokens":0})"), "max_tokens");
   EXPECT_EQ(refused_param(R"({"prompt":"x","max_tokens":-3})"), "max_tokens");
