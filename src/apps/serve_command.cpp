@@ -120,6 +120,13 @@ void serve(const ServeOptions& options) {
                                      ? options.max_connections
                                      : std::min(4096, options.max_seqs + options.queue + 64);
   server::HttpServer http(scheduler, tokenizer, chat_template, metrics, ho);
+  // Before binding, so the warning is seen even when the address cannot be had.
+  if (api_key.empty() && !loopback(options.host)) {
+    fmt::print(stderr,
+               "squat serve: warning: listening on {} without --api-key: anyone who can reach "
+               "this address can run generations (set --api-key or SQUAT_API_KEY)\n",
+               options.host);
+  }
   const int port = http.bind(options.host, options.port);
 
   const double mib = double(1 << 20);
@@ -131,12 +138,6 @@ void serve(const ServeOptions& options) {
              double(footprint.fixed_bytes(32)) / mib,
              double(footprint.fixed_bytes(so.prefill_chunk)) / mib, so.prefill_chunk,
              double(budget) / mib, options.max_seqs, options.queue);
-  if (api_key.empty() && !loopback(options.host)) {
-    fmt::print(stderr,
-               "squat serve: warning: listening on {} without --api-key: anyone who can reach "
-               "this address can run generations (set --api-key or SQUAT_API_KEY)\n",
-               options.host);
-  }
   fmt::print(stderr, "squat serve: listening on http://{}:{}\n", options.host, port);
   std::fflush(stderr);
 

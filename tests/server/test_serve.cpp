@@ -708,6 +708,9 @@ TEST(ServeSlowClients, HealthAnswersWhileSlowClientsHoldEveryConnection) {
     auto health = c.Get("/health");
     ASSERT_TRUE(health) << "round " << i;
     EXPECT_EQ(health->status, 200);
+    auto metrics = c.Get("/metrics");  // monitoring too
+    ASSERT_TRUE(metrics) << "round " << i;
+    EXPECT_EQ(metrics->status, 200);
   }
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
@@ -821,6 +824,48 @@ TEST(ServeAccess, ApiKeyAndCorsOrigin) {
   ASSERT_TRUE(refused);
   EXPECT_EQ(refused->status, 403);
   EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+// Defaults and flags a deployment relies on (issue 14): the body limit is 1 MiB unless
+// --max-body says otherwise (refused from Content-Length, before reading), and --api-key given
+// as a flag guards the endpoints as SQUAT_API_KEY does.
+TEST(ServeAccess, DefaultBodyLimitAndApiKeyFlag) {
+  if (!std::filesystem::exists(kModel)) GTEST_SKIP() << "default model not found";
+  ServerProcess server("-c 256 --kv-budget 32MiB --api-key fl4g");
+  ASSERT_GT(server.port(), 0) << server.log();
+  RawSocket big(server.port());
+  big.send_all(post_head("/v1/completions",
+                         "Authorization: Bearer fl4g\r\nContent-Length: 1048577\r\n"));
+  const std::string refused = big.read_all();
+  EXPECT_EQ(status_of(refused), 413) << refused.substr(0, 300);
+  EXPECT_NE(refused.find("--max-body of 1048576 bytes"), std::string::npos) << refused;
+  auto c = client(server.port());
+  const std::string body = R"({"prompt":"Hi","max_tokens":1})";
+  auto none = c.Post("/v1/completions", body, "application/json");
+  ASSERT_TRUE(none);
+  EXPECT_EQ(none->status, 401);
+  auto right =
+      c.Post("/v1/completions", {{"Authorization", "Bearer fl4g"}}, body, "application/json");
+  ASSERT_TRUE(right);
+  EXPECT_EQ(right->status, 200) << right->body;
+  EXPECT_EQ(server.log().find("warning"), std::string::npos) << server.log();  // loopback
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+// Without --api-key a non-loopback address draws a warning. 192.0.2.1 (TEST-NET-1) is never
+// this machine's, so the bind fails and nothing is exposed; the warning comes first.
+TEST(ServeAccess, NonLoopbackAddressWithoutAKeyIsWarnedAbout) {
+  if (!std::filesystem::exists(kModel)) GTEST_SKIP() << "default model not found";
+  const auto r = testing::run_squat("serve -m " + kModel +
+                                    " -t 2 -c 256 --kv-budget 32MiB --host 192.0.2.1 --port 0");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("warning: listening on 192.0.2.1 without --api-key"), std::string::npos)
+      << r.output;
+  const auto keyed = testing::run_squat("serve -m " + kModel +
+                                        " -t 2 -c 256 --kv-budget 32MiB --host 192.0.2.1 --port 0 "
+                                        "--api-key k");
+  EXPECT_EQ(keyed.status, 1) << keyed.output;
+  EXPECT_EQ(keyed.output.find("warning"), std::string::npos) << keyed.output;
 }
 
 // SIGTERM while a stream and a whole response are generating: after --shutdown-grace both end
