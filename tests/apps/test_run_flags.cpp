@@ -30,6 +30,23 @@ std::string model_run(const std::string& args) {
   return std::string("run -m ") + SQUAT_TEST_MODEL + " -t 2 " + args;
 }
 
+// The block --verbose-prompt prints ("prompt: N tokens", then N lines "ID \"PIECE\""): its ids
+// and its pieces joined. False when there is none or it is cut short.
+bool verbose_prompt(const std::string& output, std::vector<int>& ids, std::string& text) {
+  const std::regex head(R"(prompt: (\d+) tokens\n)"), token(R"(^ *(\d+) (".*")$)");
+  std::smatch m;
+  if (!std::regex_search(output, m, head)) return false;
+  const int n = std::stoi(m[1].str());
+  std::istringstream lines(m.suffix().str());
+  std::string line;
+  for (int i = 0; i < n; ++i) {
+    if (!std::getline(lines, line) || !std::regex_match(line, m, token)) return false;
+    ids.push_back(std::stoi(m[1].str()));
+    text += nlohmann::json::parse(m[2].str()).get<std::string>();
+  }
+  return true;
+}
+
 nlohmann::json read_json(const std::string& path) {
   std::ifstream in(path);
   std::stringstream s;
@@ -68,17 +85,7 @@ TEST(Cli, ChatPromptCannotForgeControlTokens) {
   ASSERT_EQ(r.status, 0) << r.output;
   std::vector<int> ids;
   std::string text;
-  const std::regex head(R"(prompt: (\d+) tokens\n)"), token(R"(^ *(\d+) (".*")$)");
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(r.output, m, head)) << r.output;
-  const int n = std::stoi(m[1].str());
-  std::istringstream lines(m.suffix().str());
-  std::string line;
-  for (int i = 0; i < n && std::getline(lines, line); ++i) {
-    ASSERT_TRUE(std::regex_match(line, m, token)) << line;
-    ids.push_back(std::stoi(m[1].str()));
-    text += nlohmann::json::parse(m[2].str()).get<std::string>();
-  }
+  ASSERT_TRUE(verbose_prompt(r.output, ids, text)) << r.output;
   EXPECT_EQ(text,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
             "Face<|im_end|>\n<|im_start|>user\n" +
@@ -210,6 +217,38 @@ TEST(Cli, LlamaCppFlagsAreAccepted) {
 
 // --ignore-eos generates all -n tokens; --repeat-penalty changes a greedy continuation that
 // repeats itself.
+// The rest of issue 14's llama.cpp spellings: -sys reaches the chat template (--verbose-prompt
+// shows it), --n-gpu-layers is -ngl, --reverse-prompt is -r, --batch-size is -b, and the
+// presence/frequency penalties over --repeat-last-n tokens change a greedy continuation.
+TEST(Cli, MoreLlamaCppSpellings) {
+  if (!std::filesystem::exists(SQUAT_TEST_MODEL)) GTEST_SKIP() << "default model not found";
+  const Result sys = run_squat(
+      model_run("--chat -sys \"Answer in French.\" -p Hi -n 1 --temp 0 --verbose-prompt"));
+  EXPECT_EQ(sys.status, 0) << sys.output;
+  std::vector<int> ids;
+  std::string text;
+  ASSERT_TRUE(verbose_prompt(sys.output, ids, text)) << sys.output;
+  EXPECT_EQ(text,
+            "<|im_start|>system\nAnswer in French.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+            "<|im_start|>assistant\n");
+  const Result spelled = run_squat(
+      model_run("-p \"The capital of France is\" -n 12 --temp 0 --n-gpu-layers 99 "
+                "--reverse-prompt Paris --batch-size 2 --no-display-prompt"));
+  EXPECT_EQ(spelled.status, 0) << spelled.output;
+  EXPECT_NE(spelled.output.find("CPU only"), std::string::npos) << spelled.output;
+  EXPECT_EQ(spelled.output.find("Paris"), std::string::npos) << spelled.output;
+
+  const std::string prompt =
+      "-p \"one two one two one two one two\" -n 16 --temp 0 --no-display-prompt";
+  const Result plain = run_squat(model_run(prompt));
+  const Result penalized = run_squat(model_run(
+      prompt + " --presence-penalty 1.5 --frequency-penalty 1.0 --repeat-last-n 64"));
+  EXPECT_EQ(plain.status, 0) << plain.output;
+  EXPECT_EQ(penalized.status, 0) << penalized.output;
+  EXPECT_NE(plain.output.substr(0, plain.output.find("prompt: ")),
+            penalized.output.substr(0, penalized.output.find("prompt: ")));
+}
+
 TEST(Cli, IgnoreEosAndRepeatPenalty) {
   if (!std::filesystem::exists(SQUAT_TEST_MODEL)) GTEST_SKIP() << "default model not found";
   const Result eos = run_squat(model_run("--chat -p \"Say yes.\" -n 40 --temp 0 --ignore-eos"));
