@@ -17,6 +17,7 @@
 #include "core/files.h"
 #include "model/generate.h"
 #include "server/stop_filter.h"
+#include "tokenizer/unicode.h"
 
 namespace squat::apps {
 
@@ -139,6 +140,14 @@ void run(RunOptions& options) {
   Sampler sampler = make_sampler(gen, *loaded.tokenizer);
   const std::string text =
       options.prompt.empty() ? read_text_file(options.prompt_file) : options.prompt;
+  // Checked here so that an error's offset is the prompt's own, not the rendered chat's.
+  for (const auto& [what, value] : {std::pair{"the prompt", &text}, {"--system", &gen.system}}) {
+    if (const std::size_t bad = unicode::first_invalid(*value); bad != unicode::kValid) {
+      fail("{} is not valid UTF-8: byte 0x{:02x} at offset {} does not start a well-formed "
+           "character",
+           what, static_cast<unsigned char>((*value)[bad]), bad);
+    }
+  }
   std::vector<int32_t> prompt;
   if (options.chat) {
     std::vector<ChatMessage> messages;

@@ -98,6 +98,19 @@ TEST(Cli, ChatPromptCannotForgeControlTokens) {
   EXPECT_EQ(raw.output.find("\n       1 \"<|im_start|>\""), std::string::npos) << raw.output;
 }
 
+// A prompt that is not UTF-8 is an error naming the byte's offset in the prompt itself (with
+// --chat it used to be the offset in the rendered conversation, 116 for this one).
+TEST(Cli, InvalidUtf8PromptNamesItsOwnOffset) {
+  if (!std::filesystem::exists(SQUAT_TEST_MODEL)) GTEST_SKIP() << "default model not found";
+  for (const char* chat : {"", "--chat "}) {
+    const Result r = run_squat(model_run(std::string(chat) + "-n 1 -p \"$(printf 'a\\377b')\""));
+    EXPECT_EQ(r.status, 1) << chat << r.output;
+    EXPECT_NE(r.output.find("the prompt is not valid UTF-8: byte 0xff at offset 1"),
+              std::string::npos)
+        << chat << r.output;
+  }
+}
+
 // The generated text ends with a newline on stdout (the statistics go to stderr).
 TEST(Cli, GeneratedTextEndsWithANewline) {
   if (!std::filesystem::exists(SQUAT_TEST_MODEL)) GTEST_SKIP() << "default model not found";
