@@ -7,6 +7,7 @@
 #include <cstring>
 #include <exception>
 #include <map>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -108,6 +109,11 @@ int main(int argc, char** argv) {
   } catch (const squat::Error& e) {
     fmt::print(stderr, "squat: {}\n", e.what());
     return e.exit_status();
+  } catch (const std::bad_alloc&) {
+    fmt::print(stderr,
+               "squat: out of memory (a smaller context -c, prompt batch -b or a quantized --kv "
+               "cache needs less)\n");
+    return 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "squat: {}\n", e.what());
     return 1;

@@ -70,8 +70,16 @@ void ThreadPool::worker_loop(int index) {
     }
     seen = current;
     if (stop_.load()) return;
-    (*job_)(index);
+    run_share(*job_, index);
     pending_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+void ThreadPool::run_share(const ThreadFn& job, int index) noexcept {
+  try {
+    job(index);
+  } catch (...) {
+    if (!error_claimed_.exchange(true, std::memory_order_acq_rel)) error_ = std::current_exception();
   }
 }
 
@@ -91,17 +99,18 @@ void ThreadPool::dispatch(ThreadFn job) {
   const int outer_index = t_index;
   t_pool = this;
   t_index = 0;
-  std::exception_ptr caller_error;
-  try {
-    job(0);
-  } catch (...) {
-    caller_error = std::current_exception();
-  }
+  run_share(job, 0);
   // Workers still read `job`, which lives in this frame: wait for them even after a throw.
+  // The acquire load that sees pending_ at 0 also makes a worker's error_ visible here.
   for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) relax(spin);
   t_pool = outer_pool;
   t_index = outer_index;
-  if (caller_error) std::rethrow_exception(caller_error);
+  if (error_claimed_.load(std::memory_order_relaxed)) {
+    std::exception_ptr error = std::move(error_);
+    error_ = nullptr;
+    error_claimed_.store(false, std::memory_order_relaxed);
+    std::rethrow_exception(error);
+  }
 }
 
 void ThreadPool::run_on_all(ThreadFn body) {

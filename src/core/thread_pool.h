@@ -8,6 +8,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -54,12 +55,13 @@ class ThreadPool {
   // end), runs them in parallel (the caller runs the first) and returns when all are done.
   // Called from inside a job of this pool (nested), it runs the whole range on the calling
   // thread, with that thread's index: the other threads are busy with the outer job.
+  // Exceptions: a share that throws ends that share only; once every share has ended, the first
+  // exception thrown (on any thread) is rethrown on the caller and the others are dropped.
   void parallel_for(std::size_t n, RangeFn body, std::size_t grain = 1);
 
   // Runs body(thread_index) once on every thread (caller is thread 0). Nested inside a job of
   // this pool, only the calling thread is free, so body runs once, with that thread's index.
-  // An exception from the caller's share is rethrown after the workers finished theirs; one
-  // from a worker's share ends the program (std::terminate), so jobs catch their own.
+  // Exceptions as for parallel_for.
   void run_on_all(ThreadFn body);
 
   // Workers asleep on the condition variable now (they sleep after a spin budget with no job).
@@ -68,6 +70,8 @@ class ThreadPool {
  private:
   void worker_loop(int index);
   void dispatch(ThreadFn job);
+  // Runs one thread's share of a job, keeping the job's first exception in error_.
+  void run_share(const ThreadFn& job, int index) noexcept;
 
   int n_threads_;
   std::vector<std::thread> workers_;
@@ -75,6 +79,10 @@ class ThreadPool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
+  // The first share to throw claims error_claimed_ and stores its exception; dispatch reads and
+  // clears error_ after every share has ended (pending_ reached 0), so no lock is needed.
+  std::atomic<bool> error_claimed_{false};
+  std::exception_ptr error_;
   // Sleeping and waking only: a worker announces itself in sleeping_ under the mutex before it
   // waits; dispatch takes the mutex only when sleeping_ says someone needs waking.
   std::mutex mutex_;

@@ -3,9 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <exception>
 #include <limits>
-#include <mutex>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -312,27 +310,16 @@ void reset_partials(float* part, std::size_t rows, std::size_t stride) {
   }
 }
 
-// Runs body(h) for every KV head, on the pool when given; the first exception is rethrown on
-// the calling thread (workers must not throw). Used by set_queries (once per prompt), not by
-// the decode path.
+// Runs body(h) for every KV head, on the pool when given (which rethrows the first exception
+// on the calling thread). Used by set_queries (once per prompt), not by the decode path.
 void for_each_head(int n, ThreadPool* pool, FunctionRef<void(int)> body) {
   if (!pool || pool->size() <= 1 || n <= 1) {
     for (int h = 0; h < n; ++h) body(h);
     return;
   }
-  std::mutex mu;
-  std::exception_ptr error;
   pool->parallel_for(std::size_t(n), [&](std::size_t begin, std::size_t end, int) {
-    for (std::size_t h = begin; h < end; ++h) {
-      try {
-        body(int(h));
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (!error) error = std::current_exception();
-      }
-    }
+    for (std::size_t h = begin; h < end; ++h) body(int(h));
   });
-  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace
@@ -870,16 +857,11 @@ void LayerCache::attend(const float* q, std::size_t n_q, int n_heads, const int*
     const std::size_t n_blocks = (n_q + qb - 1) / qb, n_kv = std::size_t(m.n_kv);
     const std::size_t n_tasks = n_blocks * n_kv;
     std::atomic<std::size_t> next{0};
-    std::atomic<bool> failed{false};
     const auto work = [&](int) {
       for (std::size_t t = next.fetch_add(1); t < n_tasks; t = next.fetch_add(1)) {
         const std::size_t blk = n_blocks - 1 - t / n_kv;
-        try {
-          m.attend_tiles(int(t % n_kv), q, blk * qb, std::min(n_q, blk * qb + qb), n_heads, q_pos,
-                         out);
-        } catch (...) {  // only a failed first sizing of a worker's scratch (bad_alloc)
-          failed.store(true);
-        }
+        m.attend_tiles(int(t % n_kv), q, blk * qb, std::min(n_q, blk * qb + qb), n_heads, q_pos,
+                       out);
       }
     };
     if (pool && pool->size() > 1) {
@@ -887,7 +869,6 @@ void LayerCache::attend(const float* q, std::size_t n_q, int n_heads, const int*
     } else {
       work(0);
     }
-    if (failed.load()) fail("KV cache attention: out of memory for a worker's scratch");
     return;
   }
   const std::size_t rows = n_q * std::size_t(n_rep), limit = m.visible_limit(q_pos, n_q);
@@ -906,19 +887,14 @@ void LayerCache::attend(const float* q, std::size_t n_q, int n_heads, const int*
                                               std::size_t(n_rep) * stride
                                         : n_tasks * task_floats);
   float* part = sc.part.data();
-  std::atomic<bool> failed{false};
   const auto run = [&](std::size_t begin, std::size_t end, int) {
     for (std::size_t task = begin; task < end; ++task) {
       // Token-range-major order: a thread runs the KV heads of one range back to back, so the
       // range's RoPE table rows are read from cache again. Partials are stored head-major.
       const std::size_t h = task % std::size_t(m.n_kv), j = task / std::size_t(m.n_kv);
       const std::size_t t0 = j * span, t1 = std::min(limit, t0 + span);
-      try {
-        m.attend_range(int(h), q, n_q, n_heads, q_pos, t0, t1,
-                       part + (h * n_split + j) * task_floats);
-      } catch (...) {  // only a failed first sizing of a worker's scratch (bad_alloc)
-        failed.store(true);
-      }
+      m.attend_range(int(h), q, n_q, n_heads, q_pos, t0, t1,
+                     part + (h * n_split + j) * task_floats);
     }
   };
   if (pool && pool->size() > 1 && n_tasks > 1) {
@@ -926,7 +902,6 @@ void LayerCache::attend(const float* q, std::size_t n_q, int n_heads, const int*
   } else {
     run(0, n_tasks, 0);
   }
-  if (failed.load()) fail("KV cache attention: out of memory for a worker's scratch");
   for (int h = 0; h < m.n_kv; ++h) {
     for (std::size_t i = 0; i < n_q; ++i) {
       for (int r = 0; r < n_rep; ++r) {

@@ -4,7 +4,6 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
-#include <new>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -109,16 +108,9 @@ void causal_attention(const KvShape& shape, const float* q, int n_q, int q_first
   }
   // Tasks are handed out one at a time (their cost grows with the query block), no lock.
   std::atomic<std::size_t> next{0};
-  std::atomic<bool> failed{false};
   pool.run_on_all([&](int) {
-    try {
-      for (std::size_t t = next.fetch_add(1); t < n_tasks; t = next.fetch_add(1)) run_task(t);
-    } catch (...) {  // only a failed first sizing of a worker's scratch
-      failed.store(true);
-      next.store(n_tasks);
-    }
+    for (std::size_t t = next.fetch_add(1); t < n_tasks; t = next.fetch_add(1)) run_task(t);
   });
-  if (failed.load()) throw std::bad_alloc();
 }
 
 void causal_attention_reference(const KvShape& shape, const float* q, int n_q, int q_first_pos,

@@ -2,6 +2,7 @@
 #include <chrono>
 #include <numeric>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -146,6 +147,44 @@ TEST(ThreadPool, CallerExceptionIsRethrownAfterWorkersFinish) {
   std::atomic<int> after{0};
   pool.run_on_all([&](int) { after++; });
   EXPECT_EQ(after.load(), 3);
+}
+
+TEST(ThreadPool, WorkerExceptionIsRethrownOnTheCaller) {
+  ThreadPool pool(3);
+  std::atomic<int> finished{0};
+  try {
+    pool.run_on_all([&](int t) {
+      if (t == 2) throw std::runtime_error("worker 2 failed");
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      finished++;
+    });
+    FAIL() << "the worker's exception was not rethrown";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "worker 2 failed");
+  }
+  EXPECT_EQ(finished.load(), 2);  // the other shares ran to their end
+  // The same from parallel_for, with a range on a worker.
+  EXPECT_THROW(pool.parallel_for(30,
+                                 [](std::size_t begin, std::size_t, int) {
+                                   if (begin >= 20) throw std::out_of_range("last range");
+                                 }),
+               std::out_of_range);
+}
+
+TEST(ThreadPool, OneOfSeveralExceptionsIsRethrownThenTheSlotIsCleared) {
+  ThreadPool pool(4);
+  for (int round = 0; round < 50; ++round) {
+    try {
+      pool.run_on_all([](int t) { throw std::runtime_error("share " + std::to_string(t)); });
+      FAIL() << "nothing rethrown in round " << round;
+    } catch (const std::runtime_error& e) {
+      EXPECT_EQ(std::string(e.what()).rfind("share ", 0), 0u) << e.what();
+    }
+    // A job that throws nothing must not see the previous job's exception again.
+    std::atomic<int> ran{0};
+    EXPECT_NO_THROW(pool.run_on_all([&](int) { ran++; }));
+    EXPECT_EQ(ran.load(), 4);
+  }
 }
 
 }  // namespace
