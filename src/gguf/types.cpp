@@ -7,8 +7,8 @@ const TypeTraits* type_traits(uint32_t type) {
   static const TypeTraits f32{"F32", 1, 4, true}, f16{"F16", 1, 2, true}, bf16{"BF16", 1, 2, true},
       q4_0{"Q4_0", 32, 18, true}, q4_1{"Q4_1", 32, 20, true}, q5_0{"Q5_0", 32, 22, true},
       q5_1{"Q5_1", 32, 24, true}, q8_0{"Q8_0", 32, 34, true}, q8_1{"Q8_1", 32, 36, false},
-      q2_k{"Q2_K", 256, 84, false}, q3_k{"Q3_K", 256, 110, false}, q4_k{"Q4_K", 256, 144, true},
-      q5_k{"Q5_K", 256, 176, true}, q6_k{"Q6_K", 256, 210, true}, q8_k{"Q8_K", 256, 292, false};
+      q2_k{"Q2_K", 256, 84, false}, q3_k{"Q3_K", 256, 110, false}, q4_k{"Q4_K", 256, kQ4_KBlockBytes, true},
+      q5_k{"Q5_K", 256, kQ5_KBlockBytes, true}, q6_k{"Q6_K", 256, kQ6_KBlockBytes, true}, q8_k{"Q8_K", 256, 292, false};
   switch (TensorType(type)) {
     case TensorType::F32:
       return &f32;

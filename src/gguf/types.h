@@ -26,6 +26,12 @@ enum class TensorType : uint32_t {
   BF16 = 30,
 };
 
+// Bytes of the 256-element k-quant super-blocks, named for the kernels that index them at
+// compile time; the traits table below holds the same numbers.
+inline constexpr std::size_t kQ4_KBlockBytes = 144;  // fp16 d, dmin; 12 scale/min bytes; 128 nibble bytes
+inline constexpr std::size_t kQ5_KBlockBytes = 176;
+inline constexpr std::size_t kQ6_KBlockBytes = 210;  // 128 low-nibble, 64 high-bit, 16 scale bytes; fp16 d
+
 struct TypeTraits {
   const char* name;
   std::size_t block_size;   // elements per block

@@ -98,7 +98,7 @@ inline void k_scale_min(const uint8_t* s, int j, int& scale, int& min) {
 // Q4_K (256 elements): d, dmin, 12 scale bytes, 128 nibble bytes. Each 64 elements use 32
 // bytes: low nibbles are sub-block 2k, high nibbles sub-block 2k+1; d*sc*q - dmin*m.
 inline void q4_k(const uint8_t* b, float* y, std::size_t nb) {
-  for (std::size_t i = 0; i < nb; ++i, b += 144) {
+  for (std::size_t i = 0; i < nb; ++i, b += gguf::kQ4_KBlockBytes) {
     const float d = load_fp16(b), dmin = load_fp16(b + 2);
     const uint8_t* scales = b + 4;
     const uint8_t* q = b + 16;
@@ -119,7 +119,7 @@ inline void q4_k(const uint8_t* b, float* y, std::size_t nb) {
 // Q5_K: d, dmin, 12 scale bytes, 32 qh bytes, 128 nibble bytes. Bit 4 of element l of
 // sub-block s is bit s of qh[l].
 inline void q5_k(const uint8_t* b, float* y, std::size_t nb) {
-  for (std::size_t i = 0; i < nb; ++i, b += 176) {
+  for (std::size_t i = 0; i < nb; ++i, b += gguf::kQ5_KBlockBytes) {
     const float d = load_fp16(b), dmin = load_fp16(b + 2);
     const uint8_t* scales = b + 4;
     const uint8_t* qh = b + 16;
@@ -147,7 +147,7 @@ inline void q5_k(const uint8_t* b, float* y, std::size_t nb) {
 // l + 32*k (k = 0..3, l < 32) takes nibble (k < 2 ? low : high) of ql[l + 32*(k&1)] and bits
 // 2k..2k+1 of qh[l]; value d * scale * (q - 32).
 inline void q6_k(const uint8_t* b, float* y, std::size_t nb) {
-  for (std::size_t i = 0; i < nb; ++i, b += 210, y += 256) {
+  for (std::size_t i = 0; i < nb; ++i, b += gguf::kQ6_KBlockBytes, y += 256) {
     const float d = load_fp16(b + 208);
     const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
     for (int half = 0; half < 2; ++half) {

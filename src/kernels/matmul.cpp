@@ -10,6 +10,7 @@
 #include "core/fp16.h"
 #include "kernels/dequant.h"
 #include "kernels/matmul_simd.h"
+#include "kernels/weight_kernels.h"
 
 namespace squat::kernels {
 
@@ -66,28 +67,28 @@ struct Call {
 
 void run_rows(const Call& c, std::size_t r0, std::size_t r1) {
   const WeightView& w = *c.w;
-  switch (w.type) {
-    case TensorType::Q4_0:
-    case TensorType::Q4_1:
-    case TensorType::Q4_K:
-    case TensorType::Q6_K:
-    case TensorType::Q8_0: {
+  switch (cpu_traits(w.type).kernel) {
+    case RowKernel::kQ4_0:
+    case RowKernel::kQ4_1:
+    case RowKernel::kQ4_K:
+    case RowKernel::kQ6_K:
+    case RowKernel::kQ8_0: {
       float* scratch =
           grow(t_scratch, detail::q8_rows_scratch_floats(c.xq.nb, c.xq.nbp, c.xq.cols));
       detail::q8_rows(w.type, w.data, w.row_bytes, r0, r1, c.xq, c.n, c.y, w.rows, scratch);
       return;
     }
-    case TensorType::F32:
+    case RowKernel::kF32:
       detail::float_rows(reinterpret_cast<const float*>(w.data + r0 * w.row_bytes),
                          w.row_bytes / sizeof(float), r1 - r0, c.x, c.n, w.cols, c.y + r0, w.rows);
       return;
-    case TensorType::F16:
+    case RowKernel::kF16:
       if (c.n == 1) {
         detail::f16_rows_vec(w.data, w.row_bytes, r0, r1, c.x, w.cols, c.y);
         return;
       }
       break;
-    default:
+    case RowKernel::kDequantTiles:
       break;
   }
   // Generic: dequantize a tile of rows once, then multiply it with every x row.
@@ -144,7 +145,7 @@ void q8_block(TensorType type, const uint8_t* row, std::size_t b, int q[32], flo
   if (type == TensorType::Q4_K) {
     // Super-block b/8: d, dmin, 12 bytes of 6-bit scales/mins, 128 nibble bytes; sub-block
     // s = b%8 is nibble s%2 of bytes 32*(s/2) .. +32 (dequant.cpp spells out the packing).
-    const uint8_t* sb = row + (b / 8) * 144;
+    const uint8_t* sb = row + (b / 8) * gguf::kQ4_KBlockBytes;
     const int s = int(b % 8);
     std::memcpy(&h, sb, 2);
     const float dsuper = fp16_to_float(h);
@@ -191,7 +192,7 @@ void q8_block(TensorType type, const uint8_t* row, std::size_t b, int q[32], flo
 // d * scale * sum((q - 32) * x_q), q = low/high nibble of ql | 2 bits of qh << 4 (layout in
 // dequant-inl.h).
 double q6_k_block_dot(const uint8_t* row, std::size_t b, const int8_t* xq) {
-  const uint8_t* sb = row + (b / 8) * 210;
+  const uint8_t* sb = row + (b / 8) * gguf::kQ6_KBlockBytes;
   const int h = int(b % 8) / 4, k = int(b % 4);
   const uint8_t* ql = sb + 64 * h + 32 * (k & 1);
   const uint8_t* qh = sb + 128 + 32 * h;
@@ -213,10 +214,7 @@ double q6_k_block_dot(const uint8_t* row, std::size_t b, const int8_t* xq) {
 
 }  // namespace
 
-bool uses_q8_activations(TensorType type) {
-  return type == TensorType::Q4_0 || type == TensorType::Q4_1 || type == TensorType::Q8_0 ||
-         type == TensorType::Q4_K || type == TensorType::Q6_K;
-}
+bool uses_q8_activations(TensorType type) { return cpu_traits(type).q8_activations; }
 
 void quantize_activations_q8(const float* x, std::size_t n, int8_t* q, float* d, float* s) {
   detail::quantize_q8(x, n, q, d, s);

@@ -34,8 +34,8 @@ void matmul(const WeightView& w, const float* x, std::size_t n, float* y, Thread
 void matvec_ref(const WeightView& w, const float* x, float* y);
 void matmul_ref(const WeightView& w, const float* x, std::size_t n, float* y);
 
-// True when matvec/matmul quantize x to 8 bits for this weight type (Q4_0, Q4_1, Q4_K, Q6_K,
-// Q8_0).
+// True when matvec/matmul quantize x to 8 bits for this weight type (weight_kernels.h lists
+// which: Q4_0, Q4_1, Q4_K, Q6_K, Q8_0).
 bool uses_q8_activations(gguf::TensorType type);
 
 // Scalar definition of what the fast path computes: for Q4_0, Q4_1, Q4_K and Q8_0 weights,

@@ -16,8 +16,10 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/error.h"
 #include "core/fp16.h"
 #include "kernels/matmul_simd.h"
+#include "kernels/weight_kernels.h"
 
 HWY_BEFORE_NAMESPACE();
 
@@ -91,7 +93,7 @@ struct Q4_KFormat {
   static constexpr bool kMinFromScale = false;
   static constexpr std::size_t kQs = 0;
   static const uint8_t* nibbles(const uint8_t* row, std::size_t b) {
-    return row + (b / 8) * 144 + 16 + 32 * ((b % 8) / 2);
+    return row + (b / 8) * gguf::kQ4_KBlockBytes + 16 + 32 * ((b % 8) / 2);
   }
 };
 
@@ -111,7 +113,7 @@ HWY_INLINE void GatherScales(const uint8_t* const* rows, int rw, std::size_t nb,
   if constexpr (kIsQ4K<F>) {
     for (int r = 0; r < rw; ++r) {
       for (std::size_t i = 0; i < nb / 8; ++i) {
-        const uint8_t* sb = rows[r] + i * 144;
+        const uint8_t* sb = rows[r] + i * gguf::kQ4_KBlockBytes;
         const float d = LoadF16(sb), dmin = LoadF16(sb + 2);
         for (int j = 0; j < 8; ++j) {
           int sc, m;
@@ -504,13 +506,14 @@ HWY_INLINE void QuantTileAnyX(const uint8_t* const* rows, const float* dw, const
 template <class F>
 void QuantRows(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::size_t r1,
                const Q8Rows& x, std::size_t n, float* y, std::size_t ldy, float* scratch) {
-  constexpr int kRW = 4, kRX = 4;
+  using Scratch = detail::QuantRowsScratch;
+  constexpr int kRW = int(Scratch::kW), kRX = int(Scratch::kX);
   const std::size_t nb = x.nb, nbp = x.nbp;
-  float* dw = scratch;
-  float* mw = scratch + kRW * nbp;
-  float* scale = scratch + 2 * kRW * nbp;  // kRW * kRX * nbp
-  float* dwx = scale + kRW * kRX * nbp;    // 2 * 16 * nbp (pair path)
-  float* mwx = dwx + 32 * nbp;             // 2 * 2 * nbp
+  float* dw = scratch + Scratch::dw * nbp;
+  float* mw = scratch + Scratch::mw * nbp;
+  float* scale = scratch + Scratch::scale * nbp;
+  float* dwx = scratch + Scratch::pair_dw * nbp;
+  float* mwx = scratch + Scratch::pair_mw * nbp;
   (void)dwx, (void)mwx;
   for (int r = 0; r < kRW; ++r) {  // padding read by the 8-wide min-term sums
     std::fill(dw + r * nbp + nb, dw + (r + 1) * nbp, 0.0f);
@@ -569,7 +572,7 @@ HWY_INLINE void Q6KRow(const uint8_t* row, std::size_t nb, const Q8Rows& x, std:
   const __m256i low4 = _mm256_set1_epi8(0x0f), low2 = _mm256_set1_epi8(0x03);
   const __m256i thirty_two = _mm256_set1_epi8(32);
   for (std::size_t b = 0; b < nb; ++b) {
-    const uint8_t* sb = row + (b / 8) * 210;
+    const uint8_t* sb = row + (b / 8) * gguf::kQ6_KBlockBytes;
     const int h = int(b % 8) / 4, k = int(b % 4);
     __m256i ql = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 64 * h + 32 * (k & 1)));
     if (k >= 2) ql = _mm256_srli_epi16(ql, 4);
@@ -598,7 +601,7 @@ HWY_INLINE void Q6KRow(const uint8_t* row, std::size_t nb, const Q8Rows& x, std:
   for (int c = 0; c < RX; ++c) {
     float sum = 0.0f;
     for (std::size_t b = 0; b < nb; ++b) {
-      const uint8_t* sb = row + (b / 8) * 210;
+      const uint8_t* sb = row + (b / 8) * gguf::kQ6_KBlockBytes;
       const int h = int(b % 8) / 4, k = int(b % 4);
       const uint8_t* ql = sb + 64 * h + 32 * (k & 1);
       const uint8_t* qh = sb + 128 + 32 * h;
@@ -677,7 +680,7 @@ HWY_INLINE void ConvertTile(const uint8_t* const* rows, std::size_t nb, const R8
     const uint8_t* row = rows[k];
     if constexpr (kIsQ4K<F>) {
       for (std::size_t i = 0; i < nb / 8; ++i) {
-        const uint8_t* sb = row + i * 144;
+        const uint8_t* sb = row + i * gguf::kQ4_KBlockBytes;
         const float d = LoadF16(sb), dmin = LoadF16(sb + 2);
         for (int s = 0; s < 8; ++s) {
           const std::size_t b = 8 * i + std::size_t(s);
@@ -711,7 +714,7 @@ HWY_INLINE void ConvertTileQ6K(const uint8_t* const* rows, std::size_t nb, const
   alignas(32) uint8_t q[32];
   for (int k = 0; k < kR8Rows; ++k) {
     for (std::size_t b = 0; b < nb; ++b) {
-      const uint8_t* sb = rows[k] + (b / 8) * 210;
+      const uint8_t* sb = rows[k] + (b / 8) * gguf::kQ6_KBlockBytes;
       const int h = int(b % 8) / 4, kk = int(b % 4);
       const uint8_t* ql = sb + 64 * h + 32 * (kk & 1);
       const uint8_t* qh = sb + 128 + 32 * h;
@@ -816,11 +819,12 @@ template <class F, bool kQ6K>
 void R8Rows(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::size_t tiles,
             const Q8Rows& x, std::size_t n, float* y, std::size_t ldy, float* scratch) {
   const std::size_t nb = x.nb;
+  using Scratch = detail::R8TileScratch;
   R8Tile t;
-  t.codes = reinterpret_cast<uint8_t*>(scratch);
-  t.d = scratch + 64 * nb;
-  t.m = t.d + 8 * nb;
-  auto* x4sum = reinterpret_cast<int32_t*>(scratch + 88 * nb);
+  t.codes = reinterpret_cast<uint8_t*>(scratch + Scratch::codes * nb);
+  t.d = scratch + Scratch::d * nb;
+  t.m = scratch + Scratch::m * nb;
+  auto* x4sum = reinterpret_cast<int32_t*>(scratch + Scratch::per_block * nb);
   const std::size_t x_chunk = detail::q8_x_chunk(x.cols);
   for (std::size_t i_begin = 0; i_begin < n; i_begin += x_chunk) {
     const std::size_t i_end = std::min(n, i_begin + x_chunk);
@@ -855,41 +859,48 @@ void R8Rows(const uint8_t* w, std::size_t row_bytes, std::size_t r0, std::size_t
 void Q8RowsImpl(TensorType type, const uint8_t* w, std::size_t row_bytes, std::size_t r0,
                 std::size_t r1, const Q8Rows& x, std::size_t n, float* y, std::size_t ldy,
                 float* scratch) {
+  const CpuTypeTraits traits = cpu_traits(type);
 #if SQUAT_X86_INT8
   const std::size_t tiles = (r1 - r0) / kR8Rows;
-  if (n >= detail::kR8MinXRows && tiles > 0 &&
-      (type == TensorType::Q4_0 || type == TensorType::Q4_1 || type == TensorType::Q4_K ||
-       type == TensorType::Q6_K)) {
-    switch (type) {
-      case TensorType::Q4_0:
+  if (n >= detail::kR8MinXRows && tiles > 0 && traits.prompt_gemm) {
+    switch (traits.kernel) {
+      case RowKernel::kQ4_0:
         R8Rows<Q4_0Format, false>(w, row_bytes, r0, tiles, x, n, y, ldy, scratch);
         break;
-      case TensorType::Q4_1:
+      case RowKernel::kQ4_1:
         R8Rows<Q4_1Format, false>(w, row_bytes, r0, tiles, x, n, y, ldy, scratch);
         break;
-      case TensorType::Q4_K:
+      case RowKernel::kQ4_K:
         R8Rows<Q4_KFormat, false>(w, row_bytes, r0, tiles, x, n, y, ldy, scratch);
         break;
-      default:
+      case RowKernel::kQ6_K:  // its own tile conversion; the Q4_K format argument is unused
         R8Rows<Q4_KFormat, true>(w, row_bytes, r0, tiles, x, n, y, ldy, scratch);
         break;
+      default:
+        fail_usage("prompt GEMM: weight type {} has no interleaved tile", gguf::traits(type).name);
     }
     r0 += kR8Rows * tiles;
     if (r0 == r1) return;
   }
 #endif
-  switch (type) {
-    case TensorType::Q4_1:
+  switch (traits.kernel) {
+    case RowKernel::kQ4_1:
       return QuantRows<Q4_1Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
-    case TensorType::Q4_0:
+    case RowKernel::kQ4_0:
       return QuantRows<Q4_0Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
-    case TensorType::Q4_K:
+    case RowKernel::kQ4_K:
       return QuantRows<Q4_KFormat>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
-    case TensorType::Q6_K:
+    case RowKernel::kQ6_K:
       return Q6KRows(w, row_bytes, r0, r1, x, n, y, ldy);
-    default:
+    case RowKernel::kQ8_0:
       return QuantRows<Q8_0Format>(w, row_bytes, r0, r1, x, n, y, ldy, scratch);
+    case RowKernel::kDequantTiles:
+    case RowKernel::kF32:
+    case RowKernel::kF16:
+      break;
   }
+  fail_usage("quantized matrix rows: weight type {} has no int8 block kernel",
+             gguf::traits(type).name);
 }
 
 // ---- activation quantization ----

@@ -32,14 +32,37 @@ inline std::size_t q8_x_chunk(std::size_t cols) {
 // (8-row interleaved tiles, decoded once per slice of x rows).
 constexpr std::size_t kR8MinXRows = 8;
 
-// Scratch floats q8_rows needs per calling thread.
+// Scratch of the per-row path (QuantRows), in rows of nbp floats (one float per 32-element
+// block) for a register tile of kW weight rows by kX x rows.
+struct QuantRowsScratch {
+  static constexpr std::size_t kW = 4, kX = 4;
+  static constexpr std::size_t dw = 0;                // kW rows: weight block scales
+  static constexpr std::size_t mw = dw + kW;          // kW rows: weight block offsets
+  static constexpr std::size_t scale = mw + kW;       // kW * kX rows: weight x activation scales
+  static constexpr std::size_t pair_dw = scale + kW * kX;  // AVX-512 pair path: 2 x 16 rows
+  static constexpr std::size_t pair_mw = pair_dw + 32;     // and 2 x 2 rows of offsets
+  static constexpr std::size_t rows = pair_mw + 4;
+};
+
+// Scratch of the prompt GEMM (R8Rows): one decoded 8-row tile, in floats per 32-element block,
+// then Q6_K's per-word x sums (cols / 4 int32 per x row of a slice).
+struct R8TileScratch {
+  static constexpr std::size_t codes = 0;  // 256 code bytes = 64 floats
+  static constexpr std::size_t d = 64;     // 8 row scales
+  static constexpr std::size_t m = d + 8;  // 8 row offsets; Q6_K: 16 half-block scales
+  static constexpr std::size_t per_block = m + 16;
+};
+
+// Scratch floats q8_rows needs per calling thread: the larger of its two paths.
 inline std::size_t q8_rows_scratch_floats(std::size_t nb, std::size_t nbp, std::size_t cols) {
-  const std::size_t gemm = 88 * nb + cols / 4 * q8_x_chunk(cols);  // tile, Q6_K x sums
-  return gemm > 60 * nbp ? gemm : 60 * nbp;
+  const std::size_t gemm = R8TileScratch::per_block * nb + cols / 4 * q8_x_chunk(cols);
+  const std::size_t per_row = QuantRowsScratch::rows * nbp;
+  return gemm > per_row ? gemm : per_row;
 }
 
-// Q4_0, Q4_1, Q4_K, Q6_K or Q8_0 weight rows [r0, r1) against n quantized x rows:
-// y[i*ldy + r]. scratch: at least q8_rows_scratch_floats(nb, nbp, cols) floats.
+// Weight rows [r0, r1) of a type whose cpu_traits (weight_kernels.h) has q8_activations,
+// against n quantized x rows: y[i*ldy + r]. Another type throws squat::Error.
+// scratch: at least q8_rows_scratch_floats(nb, nbp, cols) floats.
 void q8_rows(gguf::TensorType type, const uint8_t* w, std::size_t row_bytes, std::size_t r0,
              std::size_t r1, const Q8Rows& x, std::size_t n, float* y, std::size_t ldy,
              float* scratch);

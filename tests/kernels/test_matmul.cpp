@@ -12,6 +12,7 @@
 #include "core/thread_pool.h"
 #include "kernels/dequant.h"
 #include "kernels/matmul.h"
+#include "kernels/matmul_simd.h"
 #include "simd_targets.h"
 
 namespace squat::kernels {
@@ -377,6 +378,28 @@ TEST(Matmul, RejectsMalformedViews) {
                Error);  // stride shorter than a row
   EXPECT_THROW(matvec({TensorType::Q2_K, bytes.data(), 1, 256, 84}, x.data(), y.data(), pool),
                Error);  // unsupported type
+}
+
+// The int8 row kernels refuse a weight type they have no block kernel for, on every target
+// and on both paths (per-row and, from kR8MinXRows x rows, the prompt GEMM); an unlisted type
+// used to run as Q8_0 and return numbers from misread blocks.
+TEST(Matmul, Int8RowsRefuseTypesWithoutABlockKernel) {
+  const std::size_t cols = 256, nb = cols / 32, nbp = detail::padded_blocks(nb), rows = 8;
+  std::vector<uint8_t> w(rows * gguf::row_bytes(TensorType::Q5_K, cols));
+  std::vector<int8_t> q(16 * cols);
+  std::vector<float> d(16 * nb, 1.0f), s(16 * nbp, 0.0f), y(16 * rows);
+  std::vector<float> scratch(detail::q8_rows_scratch_floats(nb, nbp, cols));
+  const detail::Q8Rows x{q.data(), d.data(), s.data(), cols, nb, nbp};
+  for_each_simd_target([&] {
+    for (TensorType type : {TensorType::Q5_K, TensorType::Q5_0, TensorType::F16}) {
+      for (std::size_t n : {std::size_t(1), std::size_t(16)}) {
+        EXPECT_THROW(detail::q8_rows(type, w.data(), gguf::row_bytes(TensorType::Q5_K, cols), 0,
+                                     rows, x, n, y.data(), rows, scratch.data()),
+                     Error)
+            << gguf::traits(type).name << ", " << n << " x rows";
+      }
+    }
+  });
 }
 
 }  // namespace
