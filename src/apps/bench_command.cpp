@@ -17,6 +17,7 @@
 #include "apps/bandwidth.h"
 #include "apps/commands.h"
 #include "apps/model_options.h"
+#include "apps/stats.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "model/batch_decode.h"
@@ -84,12 +85,6 @@ std::size_t peak_rss_bytes() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return std::size_t(usage.ru_maxrss) * 1024;
-}
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const std::size_t n = values.size();
-  return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
 std::vector<int32_t> prompt_tokens(const BenchOptions& options, const Tokenizer& tokenizer,

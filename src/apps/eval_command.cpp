@@ -31,6 +31,7 @@
 #include "apps/commands.h"
 #include "apps/model_options.h"
 #include "apps/quality_progress.h"
+#include "apps/stats.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "model/batch_decode.h"
@@ -54,15 +55,6 @@ std::string method_label(const ModelOptions& o) {
   if (o.hadamard) label += "-hadamard";
   if (!o.key_rope.empty()) label += "-key" + o.key_rope;
   return label;
-}
-
-// Wilson score interval for k successes out of n (95%).
-std::pair<double, double> wilson(long k, long n) {
-  if (n == 0) return {0, 1};
-  const double z = 1.959963984540054, p = double(k) / double(n), nn = double(n);
-  const double centre = (p + z * z / (2 * nn)) / (1 + z * z / nn);
-  const double half = z * std::sqrt(p * (1 - p) / nn + z * z / (4 * nn * nn)) / (1 + z * z / nn);
-  return {std::max(0.0, centre - half), std::min(1.0, centre + half)};
 }
 
 std::vector<nlohmann::json> read_jsonl(const std::string& path, bool must_exist) {
@@ -402,7 +394,7 @@ void eval_gsm8k(const Gsm8kOptions& options) {
     ++total;
     correct += done.at(id).value("correct", false) ? 1 : 0;
   }
-  const auto [lo, hi] = wilson(correct, total);
+  const auto [lo, hi] = wilson_interval(correct, total);
   const double accuracy = double(correct) / double(total);
   fmt::print(
       "gsm8k {} | {} | {}/{} correct = {:.3f} (95% Wilson interval {:.3f} .. {:.3f}) | "

@@ -5,9 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <thread>
 
 #include "core/error.h"
@@ -103,11 +101,7 @@ std::string read_prompt(const FromModelOptions& o) {
     fail_usage("quant --from-model: give the prompt with exactly one of -p/--prompt or -f/--file");
   }
   if (!o.prompt.empty()) return o.prompt;
-  std::ifstream in(o.prompt_file, std::ios::binary);
-  if (!in) fail("cannot open prompt file '{}'", o.prompt_file);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
+  return read_text_file(o.prompt_file, "prompt file");
 }
 
 struct HeadResult {

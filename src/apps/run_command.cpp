@@ -4,10 +4,8 @@
 #include <sys/resource.h>
 
 #include <cstdio>
-#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 
 #include "apps/commands.h"
@@ -57,14 +55,6 @@ class StopStreamer {
   server::StopFilter filter_;
   bool at_line_start_ = true;
 };
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open prompt file '{}'", path);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 // Peak resident set size of this process so far, in bytes.
 std::size_t peak_rss_bytes() {
@@ -121,7 +111,8 @@ void run(RunOptions& options) {
   finish_generation_options(gen);
   if (options.conversation) {  // llama.cpp's -cnv: -p/-f become the system prompt
     if (!options.prompt.empty() || !options.prompt_file.empty()) {
-      gen.system = options.prompt.empty() ? read_text_file(options.prompt_file) : options.prompt;
+      gen.system = options.prompt.empty() ? read_text_file(options.prompt_file, "prompt file")
+                                          : options.prompt;
     }
     run_chat(gen);
     return;
@@ -139,7 +130,7 @@ void run(RunOptions& options) {
   LoadedModel loaded = load_model(gen.model);
   Sampler sampler = make_sampler(gen, *loaded.tokenizer);
   const std::string text =
-      options.prompt.empty() ? read_text_file(options.prompt_file) : options.prompt;
+      options.prompt.empty() ? read_text_file(options.prompt_file, "prompt file") : options.prompt;
   // Checked here so that an error's offset is the prompt's own, not the rendered chat's.
   for (const auto& [what, value] : {std::pair{"the prompt", &text}, {"--system", &gen.system}}) {
     if (const std::size_t bad = unicode::first_invalid(*value); bad != unicode::kValid) {
