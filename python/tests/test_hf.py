@@ -67,8 +67,8 @@ def test_tokenizers_agree(hf, engine):
 def test_engine_logits_match_transformers(hf, engine, text_ids):
     """Same weights (Q4_1), two implementations. The engine multiplies with int8-quantized
     activations (per row), transformers in float32, so logits differ by a few tenths; the
-    predictions agree nearly everywhere and the mean KL is small (measured 0.004-0.006 on
-    this text; the bound leaves 3x)."""
+    predictions agree nearly everywhere and the mean KL is small (measured on these 128 tokens:
+    top-1 agreement 0.975, mean KL 0.0024)."""
     model, _ = hf
     ours = engine.logits(text_ids, kv="f32")
     theirs = hf_logits(model, text_ids, len(text_ids), torch_cache(None))
