@@ -16,6 +16,7 @@
 #include "kernels/matmul.h"
 #include "kernels/matmul_simd.h"
 #include "kernels/ops.h"
+#include "squat/rope.h"
 
 namespace squat::kernels {
 namespace {
@@ -323,9 +324,9 @@ void BM_DequantRows(benchmark::State& state) {
       benchmark::Counter(64.0 * 768 * double(state.iterations()), benchmark::Counter::kIsRate);
 }
 void DequantTypes(benchmark::internal::Benchmark* b) {
-  for (TensorType t : {TensorType::F16, TensorType::BF16, TensorType::Q8_0, TensorType::Q4_0,
-                       TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1, TensorType::Q4_K,
-                       TensorType::Q5_K, TensorType::Q6_K})
+  for (TensorType t :
+       {TensorType::F16, TensorType::BF16, TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_1,
+        TensorType::Q5_0, TensorType::Q5_1, TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K})
     b->Arg(int64_t(t));
 }
 BENCHMARK(BM_DequantRows<true>)->Apply(DequantTypes);
@@ -408,19 +409,22 @@ BENCHMARK(BM_Rmsnorm<true>);
 BENCHMARK(BM_Rmsnorm<false>);
 
 // RoPE of one layer's 9 query heads of 64 channels at one position. Arg: 0 normal, 1 NeoX.
-template <bool kFast>
+// kTable: cos/sin once per position, then rope_apply per head (the model's way); otherwise
+// rope_rotate per head (cos/sin per head).
+template <bool kTable>
 void BM_Rope(benchmark::State& state) {
-  const auto layout = state.range(0) ? RopeLayout::Neox : RopeLayout::Normal;
-  std::vector<float> inv_freq(32);
+  const auto layout = state.range(0) ? squat::RopeLayout::Neox : squat::RopeLayout::Normal;
+  std::vector<float> inv_freq(32), cs(64);
   llama3_rope_inv_freq(inv_freq.data(), 64, 10000.0f);
   auto q = make_x(9 * 64);
   int pos = 0;
   for (auto _ : state) {
+    if constexpr (kTable) squat::rope_cos_sin(pos, inv_freq.data(), 32, cs.data(), cs.data() + 32);
     for (int h = 0; h < 9; ++h) {
-      if constexpr (kFast) {
-        rope(q.data() + h * 64, 64, pos, inv_freq.data(), layout);
+      if constexpr (kTable) {
+        squat::rope_apply(q.data() + h * 64, 64, cs.data(), cs.data() + 32, layout);
       } else {
-        rope_ref(q.data() + h * 64, 64, pos, inv_freq.data(), layout);
+        squat::rope_rotate(q.data() + h * 64, 64, pos, inv_freq.data(), layout);
       }
     }
     pos = (pos + 1) & 8191;

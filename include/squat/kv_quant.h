@@ -107,6 +107,13 @@ class SquatState {
   // From a [rows, d] query matrix: Q̂ by thin SVD (or power method), A = I + λ Q̂ᵀQ̂, then as above.
   static SquatState from_queries(const float* q, std::size_t rows, int d,
                                  const SubspaceOptions& opt);
+  // From the Gram matrix G = QᵀQ (d x d, row-major, double) of `rows` query rows: Q̂ from G's
+  // top-r eigenpairs (eigenvectors = Q's right singular vectors, eigenvalues = S²; power
+  // method: block power iteration on G), then as from_queries. The same subspace as
+  // from_queries on Q up to rounding, without keeping Q: a prompt fed in chunks adds each
+  // chunk's QᵀQ to G.
+  static SquatState from_gram(const std::vector<double>& gram, std::size_t rows, int d,
+                              const SubspaceOptions& opt);
   // The state for A = I (λ = 0 or r = 0): no correction at all.
   static SquatState identity(int d, int g);
 
@@ -133,6 +140,9 @@ class SquatState {
 
  private:
   friend class SquatStateFile;
+  // From Q̂ ([r, d], row-major): A = I + λ Q̂ᵀQ̂, then from_metric.
+  static SquatState from_subspace(const std::vector<double>& qh, int r, int d,
+                                  const SubspaceOptions& opt);
   void derive_w();
 
   int d_ = 0, g_ = 0;
@@ -147,6 +157,10 @@ class SquatState {
 // [r', d] with r' = min(r, rows, d) (power method: same shape, approximate).
 std::vector<double> query_subspace(const float* q, std::size_t rows, int d, int r,
                                    bool power_method, int power_iterations, int* r_out);
+
+// The same directions from G = QᵀQ (d x d, row-major) of `rows` query rows (see from_gram).
+std::vector<double> gram_subspace(const std::vector<double>& gram, std::size_t rows, int d, int r,
+                                  bool power_method, int power_iterations, int* r_out);
 
 // Block-sequential SQuat quantization of a [n, d] chunk of keys (SQUAT.md §2 step 4) with the
 // given state (state.block_size() is g). Layout/group_size as in quantize_chunk; with an

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "squat/kv_quant.h"
+#include "squat/rope.h"
 
 namespace squat {
 class ThreadPool;
@@ -29,7 +30,7 @@ namespace squat::kv {
 enum class CacheMethod { F32, F16, Int8, Int4, Kivi, Squat };
 enum class KeyRope { Pre, Post };        // keys stored before RoPE (rotated in attention) or after
 enum class QueryRope { After, Before };  // which queries the engine passes to set_queries
-enum class RopeLayout { Normal, Neox };  // rotated pairs: (2i, 2i+1) or (i, i + d/2)
+using squat::RopeLayout;                 // rotated pairs: (2i, 2i+1) or (i, i + d/2) (squat/rope.h)
 
 const char* to_string(CacheMethod m);
 // Parses "f32|f16|int8|int4|kivi|squat"; fail_usage otherwise.
@@ -98,14 +99,11 @@ struct CacheOptions {
 CacheConfig make_cache_config(const CacheOptions& options, int head_dim);
 
 // RoPE description: inv_freq has head_dim/2 entries; token at position p rotates pair i by
-// angle float(p) * inv_freq[i] (computed in float, cos/sin in float).
+// angle p * inv_freq[i] (cos/sin from squat::rope_cos_sin).
 struct RopeSpec {
   std::vector<float> inv_freq;
   RopeLayout layout = RopeLayout::Normal;
 };
-
-// Rotates one head vector in place (the convention used for pre-RoPE keys).
-void rope_rotate(float* x, int head_dim, int position, const float* inv_freq, RopeLayout layout);
 
 // cos/sin per position, grown on demand; shared by all layers of a cache. Rows are stored
 // expanded to head_dim entries so a rotation is x' = x * C + partner(x) * S with
@@ -125,7 +123,7 @@ class RopeTable {
   // Normal layout: cos and sin of pair i at 2i and 2i+1; NeoX: cos of pair i at i, sin at
   // head_dim/2 + i.
   const float* cs_row(std::size_t pos) const { return cs_.data() + pos * std::size_t(2 * half_); }
-  void rotate(float* x, std::size_t pos) const;  // same result as rope_rotate up to rounding
+  void rotate(float* x, std::size_t pos) const;  // as squat::rope_rotate
 
  private:
   RopeSpec spec_;
@@ -162,6 +160,16 @@ class LayerCache {
   // flushes. No-op for other methods.
   // With a pool, KV heads are processed in parallel.
   void set_queries(const float* q, std::size_t n_q, int n_heads, ThreadPool* pool = nullptr);
+  // SQuat, a prompt fed in chunks: adds the chunk's queries (same layout as set_queries) to a
+  // per-KV-head Gram matrix G = QᵀQ of all queries added so far (d x d, double) and rebuilds
+  // the states from it (SquatState::from_gram), so the chunk's keys, flushed after this call,
+  // are quantized with the subspace of every query seen up to and including the chunk. The
+  // first call after clear_states (or end_queries) builds the states from its queries by SVD,
+  // exactly as set_queries does, so a prompt of one chunk gives the same states bit for bit.
+  // No-op for other methods.
+  void add_queries(const float* q, std::size_t n_q, int n_heads, ThreadPool* pool = nullptr);
+  // Frees the Gram matrices (the prompt is over; the states stay).
+  void end_queries();
   // Uses given states (one per KV head), e.g. loaded from a file.
   void set_states(std::vector<SquatState> states);
   const std::vector<SquatState>& states() const;
@@ -178,9 +186,12 @@ class LayerCache {
   // Attention of q [n_q, n_heads, d] (RoPE-rotated, at positions q_pos) over everything
   // stored, causal (a query at p sees keys at positions <= p); out [n_q, n_heads, d].
   // Queries that see no key get zeros.
-  // With a pool, KV heads run in parallel.
+  // With a pool, KV heads run in parallel. `lse`, when given, receives per query and head
+  // ([n_q, n_heads]) the log of the softmax's denominator, log sum_t exp(q·k_t / sqrt(d))
+  // (-inf for a query that sees no key), so the result can be merged with attention over
+  // other keys (a prompt chunk over its own full-precision keys).
   void attend(const float* q, std::size_t n_q, int n_heads, const int* q_pos, float* out,
-              ThreadPool* pool = nullptr) const;
+              ThreadPool* pool = nullptr, float* lse = nullptr) const;
   // Only the query heads of one KV head (the rest of out is untouched).
   void attend_head(int kv_head, const float* q, std::size_t n_q, int n_heads, const int* q_pos,
                    float* out) const;
@@ -195,8 +206,8 @@ class LayerCache {
   std::size_t key_bytes() const;
   std::size_t value_bytes() const;
   std::size_t bytes() const { return key_bytes() + value_bytes(); }
-  // Per-prompt SQuat state held in memory (P and H_t in double, W_i in float), not per token
-  // and not included in bytes().
+  // Per-prompt SQuat state held in memory (P and H_t in double, W_i in float, and the query
+  // Gram matrices while a chunked prompt is fed), not per token and not included in bytes().
   std::size_t state_bytes() const;
   // bytes()*8 / (tokens * n_kv_heads * d * 2); 0 when empty.
   double bits_per_element() const;

@@ -3,7 +3,6 @@
 // and optionally JSON for scripts. With --bandwidth also the machine's memory read bandwidth and,
 // per row, how close decoding comes to the speed that bandwidth allows (the roofline).
 #include <fmt/format.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -20,6 +19,7 @@
 #include "apps/stats.h"
 #include "core/error.h"
 #include "core/files.h"
+#include "core/process_memory.h"
 #include "model/batch_decode.h"
 #include "model/sampler.h"
 
@@ -71,20 +71,6 @@ ModelOptions method_options(const ModelOptions& base, const std::string& entry) 
   o.kv = entry.substr(0, dash);
   if (dash != std::string::npos) o.k_bits = o.v_bits = std::stoi(entry.substr(dash + 1));
   return o;
-}
-
-// Peak resident set size since the last reset_peak_rss() (Linux: VmHWM, reset by writing 5
-// to /proc/self/clear_refs); falls back to the process's peak when that is not available.
-void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
-std::size_t peak_rss_bytes() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::size_t(std::stoull(line.substr(6))) * 1024;
-  }
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return std::size_t(usage.ru_maxrss) * 1024;
 }
 
 std::vector<int32_t> prompt_tokens(const BenchOptions& options, const Tokenizer& tokenizer,
@@ -243,9 +229,8 @@ void bench(const BenchOptions& options) {
 
   Bandwidth bandwidth;
   if (options.bandwidth) {
-    const std::size_t buffer = options.bandwidth_mib > 0
-                                   ? std::size_t(options.bandwidth_mib) << 20
-                                   : default_bandwidth_buffer_bytes();
+    const std::size_t buffer = options.bandwidth_mib > 0 ? std::size_t(options.bandwidth_mib) << 20
+                                                         : default_bandwidth_buffer_bytes();
     bandwidth = measure_read_bandwidth(*loaded.pool, buffer, options.bandwidth_passes);
   }
 
@@ -258,7 +243,7 @@ void bench(const BenchOptions& options) {
         row.context = ctx;
         row.batch = batch;
         const std::vector<int32_t> prompt = prompt_tokens(options, *loaded.tokenizer, vocab, ctx);
-        reset_peak_rss();
+        reset_peak_resident_set();
         // A first untimed run (repeat -1) pages the weights in and sizes per-thread buffers.
         // Its prompt is cut to 512 tokens: a long one would double the time of a long-context
         // row, and what it leaves untouched (cache pages past 512 tokens) costs the timed
@@ -270,7 +255,7 @@ void bench(const BenchOptions& options) {
           measure_batch(model, per_method[mi], *loaded.pool, prompt, batch, options.gen,
                         options.repeats, row);
         }
-                // Bytes from memory per decode step: every weight matrix once (Model::weight_bytes),
+        // Bytes from memory per decode step: every weight matrix once (Model::weight_bytes),
         // the whole KV cache of every sequence (attention reads every cached key and value; it
         // grows from the prompt's bytes to the final ones, so the mean of the two ends), and
         // the logits rows written. Activations (a few KB per layer) and the RoPE cos/sin rows
@@ -280,7 +265,7 @@ void bench(const BenchOptions& options) {
         // What an fp16 cache of the same tokens stores: keys and values, 2 bytes each.
         row.f16_bytes = std::size_t(batch) * row.cache_tokens * std::size_t(config.n_layers) *
                         std::size_t(config.kv_dim()) * 2 * sizeof(uint16_t);
-        row.peak_rss = peak_rss_bytes();
+        row.peak_rss = peak_resident_set_bytes();
         rows.push_back(row);
       }
     }
@@ -293,9 +278,9 @@ void bench(const BenchOptions& options) {
                bandwidth.bytes_per_s / 1e9, bandwidth.pass_bytes_per_s.size(),
                bandwidth.buffer_bytes >> 20, bandwidth.threads);
   }
-  std::string header = fmt::format("{:>8} {:>8} {:>5} {:>12} {:>12} {:>12} {:>10} {:>6} {:>7} {:>9}",
-                                   "kv", "context", "batch", "prompt tok/s", "decode tok/s", "cache bytes",
-                                   "bytes/tok", "bits", "vs f16", "peak MiB");
+  std::string header = fmt::format(
+      "{:>8} {:>8} {:>5} {:>12} {:>12} {:>12} {:>10} {:>6} {:>7} {:>9}", "kv", "context", "batch",
+      "prompt tok/s", "decode tok/s", "cache bytes", "bytes/tok", "bits", "vs f16", "peak MiB");
   if (options.bandwidth) {
     header += fmt::format(" {:>10} {:>13} {:>9}", "MB/decode", "roofline tok/s", "of roof");
   }
@@ -303,8 +288,8 @@ void bench(const BenchOptions& options) {
   for (const Row& row : rows) {
     std::string line = fmt::format(
         "{:>8} {:>8} {:>5} {:>12.1f} {:>12.2f} {:>12} {:>10.0f} {:>6.2f} {:>7.3f} {:>9.1f}",
-        row.method, row.context, row.batch, median(row.prompt_tps), median(row.decode_tps), row.cache_bytes,
-        row.bytes_per_token(), row.bits_per_element, row.ratio_to_f16(),
+        row.method, row.context, row.batch, median(row.prompt_tps), median(row.decode_tps),
+        row.cache_bytes, row.bytes_per_token(), row.bits_per_element, row.ratio_to_f16(),
         double(row.peak_rss) / (1 << 20));
     if (options.bandwidth) {
       const double roofline = bandwidth.bytes_per_s / row.decode_bytes_per_token();

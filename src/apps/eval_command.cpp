@@ -177,6 +177,7 @@ class RecordingCache final : public AttentionCache {
               ThreadPool& pool) override {
     inner_->attend(layer, q, n, first_pos, out, pool);
   }
+  void finish_prompt() override { inner_->finish_prompt(); }
   int n_tokens() const override { return inner_->n_tokens(); }
   int capacity() const override { return inner_->capacity(); }
   std::size_t bytes() const override { return inner_->bytes(); }

@@ -63,10 +63,11 @@ void add_model_options(CLI::App& cmd, ModelOptions& options, std::vector<std::st
                  "Context size in tokens (prompt + output)")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
-  // bench has its own --batch (sequences decoded together) and feeds whole prompts.
+  // bench has its own --batch (sequences decoded together); its prompts go in batches of 512.
   if (!kv_list) {
     cmd.add_option("-b,--batch,--batch-size", options.batch,
-                   "Prompt tokens per forward batch (0: the whole prompt in one batch)")
+                   "Prompt tokens per forward batch: activation buffers are sized by it, not by "
+                   "the prompt (0: the whole prompt in one batch)")
         ->check(CLI::Range(0, 1 << 20))
         ->capture_default_str();
   }

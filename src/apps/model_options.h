@@ -18,7 +18,7 @@ struct ModelOptions {
   std::string model_path;
   int threads = 0;     // 0: every core
   int context = 4096;  // tokens the cache holds
-  int batch = 0;       // prompt tokens per forward batch; 0: the whole prompt at once
+  int batch = 512;     // prompt tokens per forward batch; 0: the whole prompt at once
   // KV cache.
   std::string kv = "f16";
   int k_bits = 2, v_bits = 2;

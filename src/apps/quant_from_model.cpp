@@ -14,11 +14,12 @@
 #include "kernels/ops.h"
 #include "model/store_cache.h"
 #include "squat/kv_quant.h"
+#include "squat/rope.h"
 
 namespace squat::apps {
 
-KeyError key_error(const float* k, const float* khat, std::size_t n, std::size_t d,
-                   const float* q, std::size_t q_rows) {
+KeyError key_error(const float* k, const float* khat, std::size_t n, std::size_t d, const float* q,
+                   std::size_t q_rows) {
   KeyError r;
   double se = 0;
   for (std::size_t i = 0; i < n * d; ++i) {
@@ -78,6 +79,7 @@ class CaptureCache final : public AttentionCache {
               ThreadPool& pool) override {
     inner_->attend(layer, q, n, first_pos, out, pool);
   }
+  void finish_prompt() override { inner_->finish_prompt(); }
   int n_tokens() const override { return inner_->n_tokens(); }
   int capacity() const override { return inner_->capacity(); }
   std::size_t bytes() const override { return inner_->bytes(); }
@@ -115,12 +117,13 @@ void run_quant_from_model(FromModelOptions o) {
   const CLI::App& cmd = *mo.command;
   if (cmd.count("--kv") == 0) mo.kv = "squat";
   if (mo.kv != "kivi" && mo.kv != "squat") {
-    fail_usage("quant --from-model compares KIVI and SQuat keys: --kv must be kivi or squat, got {}",
-               mo.kv);
+    fail_usage(
+        "quant --from-model compares KIVI and SQuat keys: --kv must be kivi or squat, got {}",
+        mo.kv);
   }
   // Only key quantization is analysed; flags about values or the cache's life would be ignored.
-  for (const char* flag : {"--v-bits", "--residual-length", "--hadamard", "--save-subspace",
-                           "--load-subspace"}) {
+  for (const char* flag :
+       {"--v-bits", "--residual-length", "--hadamard", "--save-subspace", "--load-subspace"}) {
     if (cmd.count(flag) > 0) {
       fail_usage("{} does not apply to quant --from-model (it analyses the keys of one prompt)",
                  flag);
@@ -163,8 +166,8 @@ void run_quant_from_model(FromModelOptions o) {
                G);
   }
 
-  const int threads = mo.threads > 0 ? mo.threads
-                                     : int(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads =
+      mo.threads > 0 ? mo.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   ThreadPool pool(threads);
   const KvShape shape = model->kv_shape(n);
   auto capture = std::make_unique<CaptureCache>(
@@ -184,7 +187,7 @@ void run_quant_from_model(FromModelOptions o) {
   so.power_method = cfg.power_method;
   so.power_iterations = cfg.power_iterations;
   const RopeSpec rope = model->rope();
-  const auto rope_layout = rope.neox ? kernels::RopeLayout::Neox : kernels::RopeLayout::Normal;
+  const auto rope_layout = rope.neox ? RopeLayout::Neox : RopeLayout::Normal;
 
   struct Dump {
     std::string path;
@@ -202,7 +205,9 @@ void run_quant_from_model(FromModelOptions o) {
       for (std::size_t t = 0; t < n_keys; ++t) {
         const float* src = k_all.data() + (t * std::size_t(n_kv) + std::size_t(h)) * d;
         std::copy(src, src + d, k.data() + t * d);
-        if (post_rope) kernels::rope_ref(k.data() + t * d, d, int(t), rope.inv_freq.data(), rope_layout);
+        if (post_rope) {
+          rope_rotate(k.data() + t * d, d, (long long)t, rope.inv_freq.data(), rope_layout);
+        }
       }
       // GQA: the n_rep query heads of this KV head stacked as (query head, token) rows.
       const std::size_t rows = std::size_t(n_rep) * std::size_t(n);
@@ -210,19 +215,21 @@ void run_quant_from_model(FromModelOptions o) {
       for (int r = 0; r < n_rep; ++r) {
         for (int i = 0; i < n; ++i) {
           const float* src =
-              q_all.data() + (std::size_t(i) * std::size_t(mc.n_heads) + std::size_t(h * n_rep + r)) * d;
-          std::copy(src, src + d, q.data() + (std::size_t(r) * std::size_t(n) + std::size_t(i)) * d);
+              q_all.data() +
+              (std::size_t(i) * std::size_t(mc.n_heads) + std::size_t(h * n_rep + r)) * d;
+          std::copy(src, src + d,
+                    q.data() + (std::size_t(r) * std::size_t(n) + std::size_t(i)) * d);
         }
       }
       std::vector<float> khat(n_keys * d);
-      const kv::QuantizedChunk kivi = kv::quantize_chunk(k.data(), n_keys, d, cfg.k_bits,
-                                                         cfg.group_size, cfg.key_quant,
-                                                         kv::ParamType::F16);
+      const kv::QuantizedChunk kivi = kv::quantize_chunk(
+          k.data(), n_keys, d, cfg.k_bits, cfg.group_size, cfg.key_quant, kv::ParamType::F16);
       kv::dequantize_chunk(kivi, khat.data());
       heads[std::size_t(h)].kivi = key_error(k.data(), khat.data(), n_keys, d, q.data(), rows);
       const kv::SquatState state = kv::SquatState::from_queries(q.data(), rows, int(d), so);
-      const kv::QuantizedChunk sq = kv::squat_quantize_chunk(
-          k.data(), n_keys, d, cfg.k_bits, cfg.group_size, cfg.key_quant, kv::ParamType::F16, state);
+      const kv::QuantizedChunk sq =
+          kv::squat_quantize_chunk(k.data(), n_keys, d, cfg.k_bits, cfg.group_size, cfg.key_quant,
+                                   kv::ParamType::F16, state);
       kv::dequantize_chunk(sq, khat.data());
       heads[std::size_t(h)].squat = key_error(k.data(), khat.data(), n_keys, d, q.data(), rows);
       if (!o.dump_dir.empty()) {
@@ -244,11 +251,12 @@ void run_quant_from_model(FromModelOptions o) {
   fmt::print("bits {} | squat: block {}, subspace {}, lambda {}{}\n", cfg.k_bits,
              cfg.quant_group_size, cfg.subspace_dim, cfg.lambda,
              cfg.power_method ? ", power method" : "");
-  fmt::print("logit error = |Q(K^-K)^T|_F / |QK^T|_F per KV head (as `squat quant` reports it), "
-             "mean over the layer's {} KV heads\n",
-             n_kv);
-  fmt::print("{:>5}  {:>12}  {:>12}  {:>10}  {:>12}  {:>12}\n", "layer", "kivi logit", "squat logit",
-             "squat/kivi", "kivi mse", "squat mse");
+  fmt::print(
+      "logit error = |Q(K^-K)^T|_F / |QK^T|_F per KV head (as `squat quant` reports it), "
+      "mean over the layer's {} KV heads\n",
+      n_kv);
+  fmt::print("{:>5}  {:>12}  {:>12}  {:>10}  {:>12}  {:>12}\n", "layer", "kivi logit",
+             "squat logit", "squat/kivi", "kivi mse", "squat mse");
   nlohmann::json js;
   js["model"] = std::filesystem::path(mo.model_path).filename().string();
   js["prompt_tokens"] = n;

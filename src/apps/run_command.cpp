@@ -1,7 +1,6 @@
 // `squat run` (one prompt, streamed continuation) and the registration of `squat chat` (whose
 // loop is in chat_command.cpp).
 #include <fmt/format.h>
-#include <sys/resource.h>
 
 #include <cstdio>
 #include <iostream>
@@ -13,6 +12,7 @@
 #include "apps/model_options.h"
 #include "core/error.h"
 #include "core/files.h"
+#include "core/process_memory.h"
 #include "model/generate.h"
 #include "server/stop_filter.h"
 #include "tokenizer/unicode.h"
@@ -56,13 +56,6 @@ class StopStreamer {
   bool at_line_start_ = true;
 };
 
-// Peak resident set size of this process so far, in bytes.
-std::size_t peak_rss_bytes() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return std::size_t(usage.ru_maxrss) * 1024;
-}
-
 // What a run measured, printed on stderr and optionally written as JSON.
 void report(const GenerationStats& stats, const InferenceContext& context,
             const GenerationOptions& gen, const std::string& json_path) {
@@ -71,7 +64,7 @@ void report(const GenerationStats& stats, const InferenceContext& context,
   const ModelConfig& c = context.model().config();
   const std::size_t f16_bytes = std::size_t(cache.n_tokens()) * std::size_t(c.n_layers) *
                                 std::size_t(c.kv_dim()) * 2 * sizeof(uint16_t);
-  const std::size_t rss = peak_rss_bytes();
+  const std::size_t rss = peak_resident_set_bytes();
   fmt::print(stderr,
              "\nprompt: {} tokens, {:.1f} tokens/s | decode: {} tokens, {:.1f} tokens/s | seed {}\n"
              "KV cache ({}): {} tokens, {} = {:.3f} of fp16 ({}), {:.2f} bits per element | "
@@ -102,6 +95,7 @@ void report(const GenerationStats& stats, const InferenceContext& context,
       {"fp16_cache_bytes", f16_bytes},
       {"bits_per_element", cache.bits_per_element()},
       {"peak_rss_bytes", rss},
+      {"weight_bytes", context.model().weight_bytes()},
   };
   write_file_atomically(json_path, out.dump(2) + "\n");
 }
@@ -134,9 +128,10 @@ void run(RunOptions& options) {
   // Checked here so that an error's offset is the prompt's own, not the rendered chat's.
   for (const auto& [what, value] : {std::pair{"the prompt", &text}, {"--system", &gen.system}}) {
     if (const std::size_t bad = unicode::first_invalid(*value); bad != unicode::kValid) {
-      fail("{} is not valid UTF-8: byte 0x{:02x} at offset {} does not start a well-formed "
-           "character",
-           what, static_cast<unsigned char>((*value)[bad]), bad);
+      fail(
+          "{} is not valid UTF-8: byte 0x{:02x} at offset {} does not start a well-formed "
+          "character",
+          what, static_cast<unsigned char>((*value)[bad]), bad);
     }
   }
   std::vector<int32_t> prompt;

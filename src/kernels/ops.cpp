@@ -1,5 +1,4 @@
-// Scalar references of ops.h, and the kernels that stay scalar (RoPE: a few dozen sin/cos per
-// head, not worth vectorising).
+// Scalar references of ops.h, and the kernels that stay scalar.
 #include "kernels/ops.h"
 
 #include <cmath>
@@ -13,25 +12,6 @@ void rmsnorm_ref(const float* x, const float* weight, float* out, std::size_t n,
   for (std::size_t i = 0; i < n; ++i) sum += double(x[i]) * double(x[i]);
   const float scale = float(1.0 / std::sqrt(sum / double(n) + double(eps)));
   for (std::size_t i = 0; i < n; ++i) out[i] = x[i] * scale * weight[i];
-}
-
-void rope_ref(float* head, std::size_t head_dim, int position, const float* inv_freq,
-              RopeLayout layout) {
-  const std::size_t half = head_dim / 2;
-  for (std::size_t i = 0; i < half; ++i) {
-    const float angle = float(position) * inv_freq[i];
-    const float c = std::cos(angle), s = std::sin(angle);
-    const std::size_t a = layout == RopeLayout::Normal ? 2 * i : i;
-    const std::size_t b = layout == RopeLayout::Normal ? 2 * i + 1 : i + half;
-    const float x0 = head[a], x1 = head[b];
-    head[a] = x0 * c - x1 * s;
-    head[b] = x0 * s + x1 * c;
-  }
-}
-
-void rope(float* head, std::size_t head_dim, int position, const float* inv_freq,
-          RopeLayout layout) {
-  rope_ref(head, head_dim, position, inv_freq, layout);
 }
 
 void llama3_rope_inv_freq(float* inv_freq, std::size_t head_dim, float theta,

@@ -10,15 +10,6 @@ namespace squat::kernels {
 void rmsnorm(const float* x, const float* weight, float* out, std::size_t n, float eps);
 void rmsnorm_ref(const float* x, const float* weight, float* out, std::size_t n, float eps);
 
-// Rotates one head vector in place by angles position * inv_freq[i]. inv_freq has head_dim/2
-// entries (already including any Llama-3 frequency scaling). Normal rotates pairs (2i, 2i+1)
-// (GGML_ROPE_TYPE_NORMAL, Llama); Neox rotates (i, i + head_dim/2) (Qwen2, GPT-NeoX).
-enum class RopeLayout { Normal, Neox };
-void rope(float* head, std::size_t head_dim, int position, const float* inv_freq,
-          RopeLayout layout);
-void rope_ref(float* head, std::size_t head_dim, int position, const float* inv_freq,
-              RopeLayout layout);
-
 // Llama 3.1 long-context frequency scaling (rope_scaling "llama3" in the model config).
 struct Llama3RopeScaling {
   float factor = 8.0f;

@@ -14,6 +14,7 @@
 
 #include "core/fp16.h"
 #include "kvcache/simd.h"
+#include "squat/rope.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace squat::kv::simd {
@@ -93,6 +94,176 @@ HWY_INLINE hn::Vec<DF> ReadCodes(DF df, const uint8_t* HWY_RESTRICT row, std::si
   return hn::ConvertTo(df, hn::BitCast(di, v));
 }
 
+#if HWY_TARGET != HWY_SCALAR
+// Limits of the token-lane kernel's stack tables (larger shapes fall back to the store's
+// float path).
+constexpr std::size_t kFusedMaxD = 256;
+constexpr std::size_t kFusedMaxWords = 32;  // 32-bit words of one token row of key codes
+
+// Transposes N token rows of wr 32-bit words (row t at src + 4 * wr * t bytes, wr a power of
+// two) into lo[w * N + t] = word w of row t, and hi = lo >> 16: log2(wr) rounds of
+// ConcatEven/ConcatOdd over the stream of N * wr words (each round splits every stream into its
+// even and odd words, so stream s ends up holding word bitreverse(s)). tmp: 2 * wr * N words.
+template <class DU>
+HWY_INLINE void TransposeWords(DU du, const uint8_t* HWY_RESTRICT src, std::size_t wr,
+                               uint32_t* HWY_RESTRICT lo, uint32_t* HWY_RESTRICT hi,
+                               uint32_t* HWY_RESTRICT tmp) {
+  const std::size_t N = hn::Lanes(du);
+  const hn::Repartition<uint8_t, DU> d8;
+  uint32_t* cur = tmp;
+  uint32_t* nxt = tmp + wr * N;
+  for (std::size_t v = 0; v < wr; ++v) {
+    hn::Store(hn::BitCast(du, hn::LoadU(d8, src + v * 4 * N)), du, cur + v * N);
+  }
+  std::size_t rounds = 0;
+  for (std::size_t ns = 1; ns < wr; ns *= 2, ++rounds) {  // ns streams of wr / ns vectors
+    const std::size_t nv = wr / ns;
+    for (std::size_t st = 0; st < ns; ++st) {
+      const uint32_t* in = cur + st * nv * N;
+      uint32_t* even = nxt + (2 * st) * (nv / 2) * N;
+      uint32_t* odd = nxt + (2 * st + 1) * (nv / 2) * N;
+      for (std::size_t m = 0; m < nv / 2; ++m) {
+        const auto x0 = hn::Load(du, in + 2 * m * N), x1 = hn::Load(du, in + (2 * m + 1) * N);
+        hn::Store(hn::ConcatEven(du, x1, x0), du, even + m * N);
+        hn::Store(hn::ConcatOdd(du, x1, x0), du, odd + m * N);
+      }
+    }
+    std::swap(cur, nxt);
+  }
+  for (std::size_t st = 0; st < wr; ++st) {
+    std::size_t w = 0;
+    for (std::size_t r = 0; r < rounds; ++r) w |= ((st >> r) & 1) << (rounds - 1 - r);
+    const auto x = hn::Load(du, cur + st * N);
+    hn::Store(x, du, lo + w * N);
+    hn::Store(hn::ShiftRight<16>(x), du, hi + w * N);
+  }
+}
+
+// Per-call tables of the token-lane kernel.
+struct LaneKeys {
+  const uint32_t* lo;    // transposed words of the current N tokens [wr][N]
+  const uint32_t* hi;    // the same >> 16
+  const uint32_t* mask;  // [d] code mask at the channel's position mod 16
+  const uint8_t* upper;  // [d] 1: the channel sits in the word's upper half (read hi)
+  const uint32_t* word;  // [d] the channel's word
+  const float* scale;    // [d] key scale * 2^-(position mod 16)
+  const float* min;      // [d]
+};
+
+// code * 2^(position mod 16) of channel c for the N tokens (KeyCodeExpand: the one step a
+// codebook format replaces).
+template <class DF>
+HWY_INLINE hn::Vec<DF> KeyCodes(DF df, const LaneKeys& k, std::size_t c) {
+  const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
+  const std::size_t N = hn::Lanes(df);
+  const auto w = hn::Load(du, (k.upper[c] ? k.hi : k.lo) + k.word[c] * N);
+  return hn::ConvertTo(df, hn::BitCast(di, hn::And(w, hn::Set(du, k.mask[c]))));
+}
+
+// Logits (without the query-independent part for post-RoPE keys) of R query rows for the N
+// tokens at lane offset j0 of the block: P[r] is row r's prepared query (see FusedBlockImpl).
+template <std::size_t R, class DF>
+HWY_INLINE void KeyLogits(DF df, const LaneKeys& k, const FusedBlock& b, std::size_t j0,
+                          const float* const* P, const float* Kc, float* const* out) {
+  const std::size_t D = b.d, G = b.G;
+  auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+  if (b.rope_cs) {
+    const std::size_t half = D / 2;
+    for (std::size_t i = 0; i < half; ++i) {
+      const std::size_t ca = b.neox ? i : 2 * i, cb = b.neox ? i + half : 2 * i + 1;
+      const auto xa =
+          hn::MulAdd(KeyCodes(df, k, ca), hn::Set(df, k.scale[ca]), hn::Set(df, k.min[ca]));
+      const auto xb =
+          hn::MulAdd(KeyCodes(df, k, cb), hn::Set(df, k.scale[cb]), hn::Set(df, k.min[cb]));
+      // Key pair rotated by the token's offset j in the block: (xa c - xb s, xa s + xb c).
+      const float* cs = b.rope_lanes + i * 2 * G + j0;
+      const auto C = hn::LoadU(df, cs), S = hn::LoadU(df, cs + G);
+      const auto ka = hn::NegMulAdd(S, xb, hn::Mul(C, xa));
+      const auto kb = hn::MulAdd(S, xa, hn::Mul(C, xb));
+      a0 = hn::MulAdd(hn::Set(df, P[0][ca]), ka, hn::MulAdd(hn::Set(df, P[0][cb]), kb, a0));
+      if (R > 1)
+        a1 = hn::MulAdd(hn::Set(df, P[1][ca]), ka, hn::MulAdd(hn::Set(df, P[1][cb]), kb, a1));
+      if (R > 2)
+        a2 = hn::MulAdd(hn::Set(df, P[2][ca]), ka, hn::MulAdd(hn::Set(df, P[2][cb]), kb, a2));
+      if (R > 3)
+        a3 = hn::MulAdd(hn::Set(df, P[3][ca]), ka, hn::MulAdd(hn::Set(df, P[3][cb]), kb, a3));
+    }
+  } else {
+    // P holds q * scale * key scale (factor included): the min part is the constant Kc.
+    for (std::size_t c = 0; c < D; ++c) {
+      const auto x = KeyCodes(df, k, c);
+      a0 = hn::MulAdd(hn::Set(df, P[0][c]), x, a0);
+      if (R > 1) a1 = hn::MulAdd(hn::Set(df, P[1][c]), x, a1);
+      if (R > 2) a2 = hn::MulAdd(hn::Set(df, P[2][c]), x, a2);
+      if (R > 3) a3 = hn::MulAdd(hn::Set(df, P[3][c]), x, a3);
+    }
+    a0 = hn::Add(a0, hn::Set(df, Kc[0]));
+    if (R > 1) a1 = hn::Add(a1, hn::Set(df, Kc[1]));
+    if (R > 2) a2 = hn::Add(a2, hn::Set(df, Kc[2]));
+    if (R > 3) a3 = hn::Add(a3, hn::Set(df, Kc[3]));
+  }
+  hn::StoreU(a0, df, out[0] + j0);
+  if (R > 1) hn::StoreU(a1, df, out[1] + j0);
+  if (R > 2) hn::StoreU(a2, df, out[2] + j0);
+  if (R > 3) hn::StoreU(a3, df, out[3] + j0);
+}
+
+// Value codes of channels [c, c + N) of one token row as floats times `vfac` (per lane):
+// fast: the N codes fit in the low 16 bits of the 32-bit word at the vector's first byte, so
+// one broadcast and one AND with the lanes' masks extract them (times 2^(lane * bits));
+// otherwise the shift-based ReadCodes (factor 1).
+struct ValueCodes {
+  bool fast;
+  bool bcast;
+  int bits;
+};
+
+template <std::size_t R, class DF, class VU, class VI>
+HWY_INLINE void ValueSums(DF df, const FusedBlock& b, const ValueCodes& vc, std::size_t maxvis,
+                          const float* const* w, const float* const* msum, float* const* acc,
+                          const float* corr, VU vmask, VU shv, VU mv, VI iv, hn::Vec<DF> vfac) {
+  const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
+  const std::size_t N = hn::Lanes(df), D = b.d, G = b.G;
+  const std::size_t vrb = D * std::size_t(b.vbits) / 8;
+  for (std::size_t c = 0; c < D; c += N) {
+    const std::size_t g = c / G;
+    auto z0 = hn::Zero(df), z1 = hn::Zero(df), z2 = hn::Zero(df), z3 = hn::Zero(df);
+    const float* p0 = w[0] + g * maxvis;
+    const float* p1 = R > 1 ? w[1] + g * maxvis : p0;
+    const float* p2 = R > 2 ? w[2] + g * maxvis : p0;
+    const float* p3 = R > 3 ? w[3] + g * maxvis : p0;
+    const uint8_t* vrow = b.vcodes;
+    const std::size_t cbyte = c * std::size_t(b.vbits) / 8;
+    for (std::size_t t = 0; t < maxvis; ++t, vrow += vrb) {
+      hn::Vec<DF> code;
+      if (vc.fast) {
+        uint32_t word;
+        std::memcpy(&word, vrow + cbyte, 4);
+        code = hn::ConvertTo(df, hn::BitCast(di, hn::And(hn::Set(du, word), vmask)));
+      } else {
+        code = ReadCodes(df, vrow, c, b.vbits, vc.bcast, shv, mv, iv);
+      }
+      z0 = hn::MulAdd(hn::Set(df, p0[t]), code, z0);
+      if (R > 1) z1 = hn::MulAdd(hn::Set(df, p1[t]), code, z1);
+      if (R > 2) z2 = hn::MulAdd(hn::Set(df, p2[t]), code, z2);
+      if (R > 3) z3 = hn::MulAdd(hn::Set(df, p3[t]), code, z3);
+    }
+    const auto fin = [&](float* a, decltype(z0) z, float cr, float ms) {
+      hn::StoreU(
+          hn::MulAdd(z, vfac, hn::MulAdd(hn::LoadU(df, a + c), hn::Set(df, cr), hn::Set(df, ms))),
+          df, a + c);
+    };
+    fin(acc[0], z0, corr[0], msum[0][g]);
+    if (R > 1) fin(acc[1], z1, corr[1], msum[1][g]);
+    if (R > 2) fin(acc[2], z2, corr[2], msum[2][g]);
+    if (R > 3) fin(acc[3], z3, corr[3], msum[3][g]);
+  }
+}
+
+#endif  // HWY_TARGET != HWY_SCALAR
+
 bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_t* vis,
                     std::size_t rows, float scale, float* const* part, float* work) {
 #if HWY_TARGET == HWY_SCALAR
@@ -102,146 +273,166 @@ bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_
   const hn::ScalableTag<float> df;
   const hn::RebindToUnsigned<decltype(df)> du;
   const std::size_t N = hn::Lanes(df), D = b.d, nb = b.nb, G = b.G;
-  if (N < 4 || D % N != 0 || G % N != 0 || (b.rope_cs && b.neox && (D / 2) % N != 0)) {
+  const std::size_t kbits = std::size_t(b.kbits), vbits = std::size_t(b.vbits);
+  const std::size_t wr = D * kbits / 32;  // 32-bit words per key row
+  const bool rope = b.rope_cs != nullptr;
+  if (N < 4 || D % N != 0 || G % N != 0 || nb > G || D > kFusedMaxD || D * kbits % 32 != 0 ||
+      wr > kFusedMaxWords || (wr & (wr - 1)) != 0 || (rope && b.rope_lanes == nullptr) ||
+      (rope && b.neox && (D / 2) % N != 0)) {
     return false;
   }
-  const std::size_t ng = D / G, half = D / 2;
-  // Lane tables of both code readers.
-  HWY_ALIGN int32_t idx_k[hn::MaxLanes(df)], idx_v[hn::MaxLanes(df)];
-  HWY_ALIGN uint32_t sh_k[hn::MaxLanes(df)], sh_v[hn::MaxLanes(df)];
-  const bool bc_k = N * std::size_t(b.kbits) <= 32, bc_v = N * std::size_t(b.vbits) <= 32;
-  const std::size_t per_k = std::size_t(8 / b.kbits), per_v = std::size_t(8 / b.vbits);
-  for (std::size_t j = 0; j < N; ++j) {
-    idx_k[j] = int32_t(j / per_k);
-    idx_v[j] = int32_t(j / per_v);
-    sh_k[j] = uint32_t(bc_k ? j * std::size_t(b.kbits) : (j % per_k) * std::size_t(b.kbits));
-    sh_v[j] = uint32_t(bc_v ? j * std::size_t(b.vbits) : (j % per_v) * std::size_t(b.vbits));
+  const std::size_t ng = D / G, half = D / 2, krb = D * kbits / 8;
+  const std::size_t nbp = (nb + N - 1) / N * N;
+  // Key channel tables: word, half, mask and the scale with 2^-(position mod 16) folded in.
+  HWY_ALIGN uint32_t kmask[kFusedMaxD], kword[kFusedMaxD];
+  HWY_ALIGN uint8_t kupper[kFusedMaxD];
+  HWY_ALIGN float ksc[kFusedMaxD];
+  const std::size_t per = 32 / kbits;
+  for (std::size_t c = 0; c < D; ++c) {
+    const std::size_t pos = (c % per) * kbits;
+    kword[c] = uint32_t(c / per);
+    kupper[c] = pos >= 16 ? 1 : 0;
+    kmask[c] = ((1u << kbits) - 1u) << (pos & 15);
+    ksc[c] = b.kscale[c] / float(1u << (pos & 15));
   }
-  const auto ik = hn::SetTableIndices(du, idx_k), iv = hn::SetTableIndices(du, idx_v);
-  const auto shk = hn::Load(du, sh_k), shv = hn::Load(du, sh_v);
-  const auto mk = hn::Set(du, (1u << b.kbits) - 1u), mv = hn::Set(du, (1u << b.vbits) - 1u);
-  const std::size_t krb = D * std::size_t(b.kbits) / 8, vrb = D * std::size_t(b.vbits) / 8;
-  float* s = work;                 // [4][nb] logits, then probabilities
-  float* pw = s + 4 * nb;          // [4][ng][nb] probability x value scale
-  float* msum = pw + 4 * ng * nb;  // [4][ng] sum of probability x value min
-  float* kbuf = msum + 4 * ng;     // [D] one dequantized key (NeoX rotation)
+  HWY_ALIGN uint32_t wlo[kFusedMaxWords * hn::MaxLanes(du)];
+  HWY_ALIGN uint32_t whi[kFusedMaxWords * hn::MaxLanes(du)];
+  HWY_ALIGN uint32_t wtmp[2 * kFusedMaxWords * hn::MaxLanes(du)];
+  HWY_ALIGN uint8_t kpad[kFusedMaxWords * 4 * hn::MaxLanes(du)];
+  const LaneKeys lk{wlo, whi, kmask, kupper, kword, ksc, b.kmin};
+  // Value code readers.
+  ValueCodes vc{N * vbits <= 16, N * vbits <= 32, b.vbits};
+  HWY_ALIGN int32_t idx_v[hn::MaxLanes(df)];
+  HWY_ALIGN uint32_t sh_v[hn::MaxLanes(df)], vm_l[hn::MaxLanes(df)];
+  HWY_ALIGN float vf_l[hn::MaxLanes(df)];
+  const std::size_t per_v = 8 / vbits;
+  for (std::size_t j = 0; j < N; ++j) {
+    idx_v[j] = int32_t(j / per_v);
+    sh_v[j] = uint32_t(vc.bcast ? j * vbits : (j % per_v) * vbits);
+    vm_l[j] = vc.fast ? ((1u << vbits) - 1u) << (j * vbits) : 0u;
+    vf_l[j] = vc.fast ? 1.0f / float(1u << (j * vbits)) : 1.0f;
+  }
+  const auto iv = hn::SetTableIndices(du, idx_v);
+  const auto shv = hn::Load(du, sh_v), vmask = hn::Load(du, vm_l);
+  const auto mv = hn::Set(du, (1u << vbits) - 1u);
+  const auto vfac = hn::Load(df, vf_l);
+  float* s = work;                  // [4][nbp] logits, then probabilities
+  float* pw = s + 4 * nbp;          // [4][ng][maxvis] probability x value scale
+  float* msum = pw + 4 * ng * nbp;  // [4][ng] sum of probability x value min
+  float* P = msum + 4 * ng;         // [4][D] prepared queries
   for (std::size_t r0 = 0; r0 < rows; r0 += 4) {
     const std::size_t R = std::min<std::size_t>(4, rows - r0);
     std::size_t maxvis = 0;
     for (std::size_t r = 0; r < R; ++r) maxvis = std::max(maxvis, vis[r0 + r]);
     if (maxvis == 0) continue;
-    const float* q0 = q[r0];
-    const float* q1 = q[r0 + std::min<std::size_t>(1, R - 1)];
-    const float* q2 = q[r0 + std::min<std::size_t>(2, R - 1)];
-    const float* q3 = q[r0 + std::min<std::size_t>(3, R - 1)];
-    // Logits: one key at a time, unpacked, dequantized and rotated in registers.
-    for (std::size_t t = 0; t < maxvis; ++t) {
-      const uint8_t* krow = b.kcodes + t * krb;
-      auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
-      if (b.rope_cs && b.neox) {
+    // Prepared queries: pre-RoPE, q' = scale * R_b0^T q (the key pairs get R_j below);
+    // post-RoPE, scale * q * key scale, and the min part Kc = scale * q . min.
+    float Kc[4] = {0, 0, 0, 0};
+    const float* Pr[4] = {nullptr, nullptr, nullptr, nullptr};
+    float* sr[4] = {nullptr, nullptr, nullptr, nullptr};
+    for (std::size_t r = 0; r < R; ++r) {
+      const float* qr = q[r0 + r];
+      float* pr = P + r * D;
+      Pr[r] = pr;
+      sr[r] = s + r * nbp;
+      const auto vs = hn::Set(df, scale);
+      if (rope && !b.neox) {
+        // Compact Normal row: (cos, sin) of pair i at 2i, 2i+1. q'_a = qa c + qb s,
+        // q'_b = qb c - qa s.
         for (std::size_t c = 0; c < D; c += N) {
-          const auto k = hn::MulAdd(ReadCodes(df, krow, c, b.kbits, bc_k, shk, mk, ik),
-                                    hn::LoadU(df, b.kscale + c), hn::LoadU(df, b.kmin + c));
-          hn::StoreU(k, df, kbuf + c);
+          const auto row = hn::LoadU(df, b.rope_cs + c);
+          const auto x = hn::LoadU(df, qr + c), y = hn::Reverse2(df, x);
+          const auto sy = hn::OddEven(hn::Neg(y), y);
+          hn::StoreU(hn::Mul(hn::MulAdd(x, hn::DupEven(row), hn::Mul(sy, hn::DupOdd(row))), vs), df,
+                     pr + c);
         }
-        // Compact NeoX row: cos of pair i at i, sin at half + i.
-        const float* CS = b.rope_cs + t * D;
+      } else if (rope) {
         for (std::size_t i = 0; i < half; i += N) {
-          const auto x = hn::LoadU(df, kbuf + i), y = hn::LoadU(df, kbuf + half + i);
-          const auto cv = hn::LoadU(df, CS + i), sv = hn::LoadU(df, CS + half + i);
-          const auto kx = hn::NegMulAdd(y, sv, hn::Mul(x, cv));
-          const auto ky = hn::MulAdd(x, sv, hn::Mul(y, cv));
-          a0 = hn::MulAdd(hn::LoadU(df, q0 + i), kx, a0);
-          a0 = hn::MulAdd(hn::LoadU(df, q0 + half + i), ky, a0);
-          if (R > 1) {
-            a1 = hn::MulAdd(hn::LoadU(df, q1 + i), kx, a1);
-            a1 = hn::MulAdd(hn::LoadU(df, q1 + half + i), ky, a1);
-          }
-          if (R > 2) {
-            a2 = hn::MulAdd(hn::LoadU(df, q2 + i), kx, a2);
-            a2 = hn::MulAdd(hn::LoadU(df, q2 + half + i), ky, a2);
-          }
-          if (R > 3) {
-            a3 = hn::MulAdd(hn::LoadU(df, q3 + i), kx, a3);
-            a3 = hn::MulAdd(hn::LoadU(df, q3 + half + i), ky, a3);
-          }
+          const auto C = hn::LoadU(df, b.rope_cs + i), S = hn::LoadU(df, b.rope_cs + half + i);
+          const auto xa = hn::LoadU(df, qr + i), xb = hn::LoadU(df, qr + half + i);
+          hn::StoreU(hn::Mul(hn::MulAdd(xa, C, hn::Mul(xb, S)), vs), df, pr + i);
+          hn::StoreU(hn::Mul(hn::NegMulAdd(xa, S, hn::Mul(xb, C)), vs), df, pr + half + i);
         }
       } else {
-        // Compact Normal row: (cos, sin) of pair i at 2i, 2i+1; the rotation is
-        // k * (c, c) + Reverse2(k) * (-s, s).
-        const float* CS = b.rope_cs ? b.rope_cs + t * D : nullptr;
+        auto km = hn::Zero(df);
         for (std::size_t c = 0; c < D; c += N) {
-          auto k = hn::MulAdd(ReadCodes(df, krow, c, b.kbits, bc_k, shk, mk, ik),
-                              hn::LoadU(df, b.kscale + c), hn::LoadU(df, b.kmin + c));
-          if (CS) {
-            const auto row = hn::LoadU(df, CS + c);
-            const auto sd = hn::DupOdd(row);
-            k = hn::MulAdd(k, hn::DupEven(row),
-                           hn::Mul(hn::Reverse2(df, k), hn::OddEven(sd, hn::Neg(sd))));
-          }
-          a0 = hn::MulAdd(hn::LoadU(df, q0 + c), k, a0);
-          if (R > 1) a1 = hn::MulAdd(hn::LoadU(df, q1 + c), k, a1);
-          if (R > 2) a2 = hn::MulAdd(hn::LoadU(df, q2 + c), k, a2);
-          if (R > 3) a3 = hn::MulAdd(hn::LoadU(df, q3 + c), k, a3);
+          const auto x = hn::Mul(hn::LoadU(df, qr + c), vs);
+          km = hn::MulAdd(x, hn::LoadU(df, b.kmin + c), km);
+          hn::StoreU(hn::Mul(x, hn::Load(df, ksc + c)), df, pr + c);
         }
+        Kc[r] = hn::GetLane(hn::SumOfLanes(df, km));
       }
-      s[t] = hn::GetLane(hn::SumOfLanes(df, a0)) * scale;
-      if (R > 1) s[nb + t] = hn::GetLane(hn::SumOfLanes(df, a1)) * scale;
-      if (R > 2) s[2 * nb + t] = hn::GetLane(hn::SumOfLanes(df, a2)) * scale;
-      if (R > 3) s[3 * nb + t] = hn::GetLane(hn::SumOfLanes(df, a3)) * scale;
+    }
+    // Logits, N tokens at a time in token lanes.
+    for (std::size_t j0 = 0; j0 < maxvis; j0 += N) {
+      const uint8_t* krows = b.kcodes + j0 * krb;
+      if (j0 + N > nb) {  // a partial last vector of tokens: zero rows past the block
+        std::memset(kpad, 0, N * krb);
+        std::memcpy(kpad, krows, (nb - j0) * krb);
+        krows = kpad;
+      }
+      TransposeWords(du, krows, wr, wlo, whi, wtmp);
+      switch (R) {
+        case 1:
+          KeyLogits<1>(df, lk, b, j0, Pr, Kc, sr);
+          break;
+        case 2:
+          KeyLogits<2>(df, lk, b, j0, Pr, Kc, sr);
+          break;
+        case 3:
+          KeyLogits<3>(df, lk, b, j0, Pr, Kc, sr);
+          break;
+        default:
+          KeyLogits<4>(df, lk, b, j0, Pr, Kc, sr);
+          break;
+      }
     }
     // Online softmax per row; probabilities folded with the value groups' scale and min.
     float corr[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+    const float* wr_[4] = {nullptr, nullptr, nullptr, nullptr};
+    const float* ms_[4] = {nullptr, nullptr, nullptr, nullptr};
+    float* acc[4] = {nullptr, nullptr, nullptr, nullptr};
     for (std::size_t r = 0; r < R; ++r) {
-      float* sr = s + r * nb;
+      float* srow = sr[r];
       const std::size_t v = vis[r0 + r];
+      float* p = part[r0 + r];
+      acc[r] = p + 2;
       if (v > 0) {
-        float* p = part[r0 + r];
-        float bmax = sr[0];
-        for (std::size_t t = 1; t < v; ++t) bmax = std::max(bmax, sr[t]);
+        float bmax = srow[0];
+        for (std::size_t t = 1; t < v; ++t) bmax = std::max(bmax, srow[t]);
         const float m_new = std::max(p[0], bmax);
         corr[r] = std::exp(p[0] - m_new);  // 0 when the max was -inf
-        const float psum = ExpSumImpl(sr, v, m_new);
+        const float psum = ExpSumImpl(srow, v, m_new);
         p[1] = p[1] * corr[r] + psum;
         p[0] = m_new;
       }
-      for (std::size_t t = v; t < maxvis; ++t) sr[t] = 0.0f;
+      for (std::size_t t = v; t < maxvis; ++t) srow[t] = 0.0f;
+      float* wrow = pw + r * ng * maxvis;
       for (std::size_t g = 0; g < ng; ++g) {
         float ms = 0.0f;
-        float* w = pw + (r * ng + g) * nb;
+        float* w = wrow + g * maxvis;
         for (std::size_t t = 0; t < maxvis; ++t) {
-          w[t] = sr[t] * b.vscale[t * ng + g];
-          ms += sr[t] * b.vmin[t * ng + g];
+          w[t] = srow[t] * b.vscale[t * ng + g];
+          ms += srow[t] * b.vmin[t * ng + g];
         }
         msum[r * ng + g] = ms;
       }
+      wr_[r] = wrow;
+      ms_[r] = msum + r * ng;
     }
-    // Values: one channel vector at a time over the block's tokens, rows in registers.
-    float* acc0 = part[r0] + 2;
-    float* acc1 = part[r0 + std::min<std::size_t>(1, R - 1)] + 2;
-    float* acc2 = part[r0 + std::min<std::size_t>(2, R - 1)] + 2;
-    float* acc3 = part[r0 + std::min<std::size_t>(3, R - 1)] + 2;
-    for (std::size_t c = 0; c < D; c += N) {
-      const std::size_t g = c / G;
-      const float* w0 = pw + g * nb;
-      const float* w1 = pw + (ng + g) * nb;
-      const float* w2 = pw + (2 * ng + g) * nb;
-      const float* w3 = pw + (3 * ng + g) * nb;
-      auto a0 = hn::Mul(hn::LoadU(df, acc0 + c), hn::Set(df, corr[0]));
-      auto a1 = R > 1 ? hn::Mul(hn::LoadU(df, acc1 + c), hn::Set(df, corr[1])) : hn::Zero(df);
-      auto a2 = R > 2 ? hn::Mul(hn::LoadU(df, acc2 + c), hn::Set(df, corr[2])) : hn::Zero(df);
-      auto a3 = R > 3 ? hn::Mul(hn::LoadU(df, acc3 + c), hn::Set(df, corr[3])) : hn::Zero(df);
-      for (std::size_t t = 0; t < maxvis; ++t) {
-        const auto code = ReadCodes(df, b.vcodes + t * vrb, c, b.vbits, bc_v, shv, mv, iv);
-        a0 = hn::MulAdd(hn::Set(df, w0[t]), code, a0);
-        if (R > 1) a1 = hn::MulAdd(hn::Set(df, w1[t]), code, a1);
-        if (R > 2) a2 = hn::MulAdd(hn::Set(df, w2[t]), code, a2);
-        if (R > 3) a3 = hn::MulAdd(hn::Set(df, w3[t]), code, a3);
-      }
-      hn::StoreU(hn::Add(a0, hn::Set(df, msum[g])), df, acc0 + c);
-      if (R > 1) hn::StoreU(hn::Add(a1, hn::Set(df, msum[ng + g])), df, acc1 + c);
-      if (R > 2) hn::StoreU(hn::Add(a2, hn::Set(df, msum[2 * ng + g])), df, acc2 + c);
-      if (R > 3) hn::StoreU(hn::Add(a3, hn::Set(df, msum[3 * ng + g])), df, acc3 + c);
+    switch (R) {
+      case 1:
+        ValueSums<1>(df, b, vc, maxvis, wr_, ms_, acc, corr, vmask, shv, mv, iv, vfac);
+        break;
+      case 2:
+        ValueSums<2>(df, b, vc, maxvis, wr_, ms_, acc, corr, vmask, shv, mv, iv, vfac);
+        break;
+      case 3:
+        ValueSums<3>(df, b, vc, maxvis, wr_, ms_, acc, corr, vmask, shv, mv, iv, vfac);
+        break;
+      default:
+        ValueSums<4>(df, b, vc, maxvis, wr_, ms_, acc, corr, vmask, shv, mv, iv, vfac);
+        break;
     }
   }
   return true;
@@ -257,8 +448,8 @@ void FlashTileImpl(const float* HWY_RESTRICT qs, std::size_t rows, const std::si
                    std::size_t pstride, float* work) {
   const hn::ScalableTag<float> df;
   const std::size_t N = hn::Lanes(df);
-  float* HWY_RESTRICT S = work;               // [rows][nb] logits, then probabilities
-  float* HWY_RESTRICT corr = S + rows * nb;   // [rows] rescale of the old accumulator
+  float* HWY_RESTRICT S = work;              // [rows][nb] logits, then probabilities
+  float* HWY_RESTRICT corr = S + rows * nb;  // [rows] rescale of the old accumulator
   for (std::size_t r0 = 0; r0 < rows; r0 += 4) {
     // A last group of fewer than 4 rows repeats its last row (computed, not stored).
     const std::size_t R = std::min<std::size_t>(4, rows - r0);
@@ -727,7 +918,16 @@ HWY_EXPORT(PromptTileImpl);
 
 std::size_t fused_work_floats(std::size_t nb, std::size_t d, std::size_t G) {
   const std::size_t ng = d / G;
-  return 4 * nb + 4 * ng * nb + 4 * ng + d;
+  const std::size_t nbp = (nb + 63) / 64 * 64;  // tokens rounded up to any target's lanes
+  return 4 * nbp + 4 * ng * nbp + 4 * ng + 4 * d;
+}
+
+void rope_lane_table(const float* inv_freq, std::size_t half, std::size_t G, float* out) {
+  for (std::size_t i = 0; i < half; ++i) {
+    for (std::size_t j = 0; j < G; ++j) {
+      rope_cos_sin((long long)j, inv_freq + i, 1, out + i * 2 * G + j, out + i * 2 * G + G + j);
+    }
+  }
 }
 
 bool fused_block(const FusedBlock& b, const float* const* q, const std::size_t* vis,
@@ -807,10 +1007,9 @@ void prompt_tile(const float* qs, std::size_t rows, const std::size_t* vis, cons
   (qs, rows, vis, k, ldk, v, ldv, nb, d, scale, pass, part, pstride, work);
 }
 
-void flash_tile_reference(const float* qs, std::size_t rows, const std::size_t* vis,
-                          const float* k, std::size_t ldk, const float* v, std::size_t ldv,
-                          std::size_t nb, std::size_t d, float scale, float* part,
-                          std::size_t pstride) {
+void flash_tile_reference(const float* qs, std::size_t rows, const std::size_t* vis, const float* k,
+                          std::size_t ldk, const float* v, std::size_t ldv, std::size_t nb,
+                          std::size_t d, float scale, float* part, std::size_t pstride) {
   std::vector<double> s(nb);
   for (std::size_t r = 0; r < rows; ++r) {
     const std::size_t vr = std::min(vis[r], nb);

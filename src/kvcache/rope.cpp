@@ -1,5 +1,5 @@
-// RoPE rotation used for pre-RoPE keys, the Walsh-Hadamard transform, fast code unpacking and
-// dense reference attention.
+// RoPE tables of pre-RoPE keys (angles from squat::rope_cos_sin), the Walsh-Hadamard
+// transform, fast code unpacking and dense reference attention.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -11,21 +11,6 @@
 #include "squat/kvcache.h"
 
 namespace squat::kv {
-
-// Pair i is (2i, 2i+1) for Normal and (i, i + d/2) for Neox; angle = float(pos) * inv_freq[i];
-// x_a' = x_a cos - x_b sin, x_b' = x_a sin + x_b cos.
-void rope_rotate(float* x, int head_dim, int position, const float* inv_freq, RopeLayout layout) {
-  const int half = head_dim / 2;
-  for (int i = 0; i < half; ++i) {
-    const float angle = float(position) * inv_freq[i];
-    const float c = std::cos(angle), s = std::sin(angle);
-    const int a = layout == RopeLayout::Normal ? 2 * i : i;
-    const int b = layout == RopeLayout::Normal ? 2 * i + 1 : i + half;
-    const float xa = x[a], xb = x[b];
-    x[a] = xa * c - xb * s;
-    x[b] = xa * s + xb * c;
-  }
-}
 
 RopeTable::RopeTable(RopeSpec spec) : spec_(std::move(spec)), half_(int(spec_.inv_freq.size())) {}
 
@@ -40,8 +25,8 @@ void RopeTable::ensure(std::size_t n_positions) {
     float* s = s_.data() + p * D;
     float* cs = cs_.data() + p * D;
     for (int i = 0; i < half_; ++i) {
-      const float angle = float(p) * spec_.inv_freq[std::size_t(i)];
-      const float cv = std::cos(angle), sv = std::sin(angle);
+      float cv = 0.0f, sv = 0.0f;
+      rope_cos_sin((long long)p, spec_.inv_freq.data() + i, 1, &cv, &sv);
       const std::size_t a =
           spec_.layout == RopeLayout::Normal ? std::size_t(2 * i) : std::size_t(i);
       const std::size_t b = spec_.layout == RopeLayout::Normal ? a + 1 : a + std::size_t(half_);

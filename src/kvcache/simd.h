@@ -30,13 +30,28 @@ void gemm_acc(const float* E, std::size_t n, std::size_t g, const float* W, std:
 void f16_to_f32(const uint16_t* in, std::size_t n, float* out);
 
 // One block of a KIVI/SQuat cache whose keys (per-channel groups) and values (per-token groups)
-// are all quantized: the fused decode kernel unpacks, dequantizes, rotates (pre-RoPE keys) and
-// attends in registers, without writing the block out as floats.
+// are all quantized: the fused decode kernel attends over the codes without writing the block
+// out as floats.
+//
+// Keys go in token lanes: a vector holds one channel of N tokens (N = the float lanes), so a
+// query's logits for N tokens are sums over channels with no horizontal sum per key. The token
+// rows of codes are transposed in registers (N rows of d*kbits/32 words -> one vector per word)
+// and a channel is expanded by one AND with its bit mask and one int->float conversion: the
+// float is code * 2^(bit position mod 16), and the power of two is folded into the channel's
+// scale (KeyCodeExpand; a codebook format replaces that step). Pre-RoPE keys are rotated
+// relative to the block's first token: R_(b0+j) = R_b0 R_j, so the query is rotated once by
+// b0 (q' = R_b0^T q) and each dequantized key pair by R_j from a small table in token lanes
+// (rope_lanes, j < G), shared by all the block's query rows. Values stay channel-major (a
+// vector holds N channels of one token) and are accumulated with p_t * scale_t per token group.
 struct FusedBlock {
   const uint8_t* kcodes = nullptr;  // nb token rows of d codes at kbits; readable 64 bytes past
   const float* kscale = nullptr;    // d: the block's per-channel key scale and min
   const float* kmin = nullptr;
-  const float* rope_cs = nullptr;  // nb compact RoPE rows (RopeTable::cs_row) or null (post-RoPE)
+  // Pre-RoPE keys: nb compact RoPE rows (RopeTable::cs_row) from the block's first token (the
+  // kernel reads the first row; the reference all), and rope_lane_table(G) for the offsets
+  // inside the block. Both null: post-RoPE keys.
+  const float* rope_cs = nullptr;
+  const float* rope_lanes = nullptr;
   bool neox = false;
   const uint8_t* vcodes = nullptr;  // nb token rows of d codes at vbits; readable 64 bytes past
   const float* vscale = nullptr;    // nb x d/G value group scale and min
@@ -44,6 +59,10 @@ struct FusedBlock {
   int kbits = 2, vbits = 2;
   std::size_t G = 32, nb = 0, d = 0;
 };
+// Token-lane RoPE table of the offsets j < G inside a block: cos(j * inv_freq[i]) at
+// out[i * 2G + j] and sin at out[i * 2G + G + j] for the half = d/2 pairs (squat::rope_cos_sin,
+// as RopeTable's rows: R_b0 R_j then equals R_(b0+j) to float rounding). out: d * G floats.
+void rope_lane_table(const float* inv_freq, std::size_t half, std::size_t G, float* out);
 // Scratch floats fused_block needs.
 std::size_t fused_work_floats(std::size_t nb, std::size_t d, std::size_t G);
 // Online-softmax update of `rows` query rows over the block: q[r] is a query (d floats, rotated),
@@ -79,10 +98,9 @@ void prompt_tile(const float* qs, std::size_t rows, const std::size_t* vis, cons
                  std::size_t ldk, const float* v, std::size_t ldv, std::size_t nb, std::size_t d,
                  float scale, int pass, float* part, std::size_t pstride, float* work);
 // Scalar reference of flash_tile (double-precision sums, same contract).
-void flash_tile_reference(const float* qs, std::size_t rows, const std::size_t* vis,
-                          const float* k, std::size_t ldk, const float* v, std::size_t ldv,
-                          std::size_t nb, std::size_t d, float scale, float* part,
-                          std::size_t pstride);
+void flash_tile_reference(const float* qs, std::size_t rows, const std::size_t* vis, const float* k,
+                          std::size_t ldk, const float* v, std::size_t ldv, std::size_t nb,
+                          std::size_t d, float scale, float* part, std::size_t pstride);
 
 // out[i] = float(code i) of n codes packed at `bits` bits (kv_quant.h packing convention).
 void unpack_f32(const uint8_t* packed, std::size_t n, int bits, float* out);

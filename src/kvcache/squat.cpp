@@ -24,33 +24,16 @@ using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMaj
 
 }  // namespace
 
-std::vector<double> query_subspace(const float* q, std::size_t rows, int d, int r,
-                                   bool power_method, int power_iterations, int* r_out) {
-  const int rr = int(std::min<std::size_t>({std::size_t(std::max(r, 0)), rows, std::size_t(d)}));
-  if (r_out) *r_out = rr;
-  if (rr == 0) return {};
-  MatD Q(Eigen::Index(rows), d);
-  for (std::size_t i = 0; i < rows; ++i)
-    for (int c = 0; c < d; ++c)
-      Q(Eigen::Index(i), c) = double(q[i * std::size_t(d) + std::size_t(c)]);
-  Eigen::MatrixXd V;  // d x rr, right singular vectors
-  Eigen::VectorXd S;  // rr singular values
-  if (!power_method) {
-    // Tall Q (rows > d): Q = Q_1 R, and R (d x d) has the same singular values and right
-    // singular vectors as Q, so the SVD runs on the small triangular factor.
-    Eigen::MatrixXd small;
-    if (Q.rows() > d) {
-      Eigen::HouseholderQR<Eigen::MatrixXd> qr(Q);
-      small = qr.matrixQR().topRows(d).triangularView<Eigen::Upper>();
-    } else {
-      small = Q;
-    }
-    Eigen::BDCSVD<Eigen::MatrixXd> svd(small, Eigen::ComputeThinV);
-    V = svd.matrixV().leftCols(rr);
-    S = svd.singularValues().head(rr);
-  } else {
-    // Block power iteration on QᵀQ, then Rayleigh-Ritz on the found subspace.
-    const Eigen::MatrixXd G = Q.transpose() * Q;
+namespace {
+
+// Top-rr eigenpairs of the symmetric G (d x d) as Q̂ rows sqrt(λ_j) v_jᵀ, descending. With
+// `power_method`, block power iteration on G then Rayleigh-Ritz on the found subspace;
+// otherwise a full symmetric eigendecomposition.
+std::vector<double> scaled_top_eigenvectors(const Eigen::MatrixXd& G, int d, int rr,
+                                            bool power_method, int power_iterations) {
+  Eigen::MatrixXd V(d, rr);  // columns: directions, descending
+  Eigen::VectorXd S(rr);     // their singular values sqrt(eigenvalue)
+  if (power_method) {
     std::mt19937_64 rng(12345);
     std::normal_distribution<double> normal(0.0, 1.0);
     Eigen::MatrixXd X(d, rr);
@@ -62,12 +45,16 @@ std::vector<double> query_subspace(const float* q, std::size_t rows, int d, int 
     }
     const Eigen::MatrixXd B = X.transpose() * G * X;
     Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(B);
-    // Eigenvalues ascending: reverse to descending.
-    V.resize(d, rr);
-    S.resize(rr);
-    for (int j = 0; j < rr; ++j) {
+    for (int j = 0; j < rr; ++j) {  // eigenvalues ascending: reverse to descending
       const int src = rr - 1 - j;
       V.col(j) = X * eig.eigenvectors().col(src);
+      S(j) = std::sqrt(std::max(eig.eigenvalues()(src), 0.0));
+    }
+  } else {
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(G);
+    for (int j = 0; j < rr; ++j) {
+      const int src = d - 1 - j;
+      V.col(j) = eig.eigenvectors().col(src);
       S(j) = std::sqrt(std::max(eig.eigenvalues()(src), 0.0));
     }
   }
@@ -76,6 +63,55 @@ std::vector<double> query_subspace(const float* q, std::size_t rows, int d, int 
     for (int c = 0; c < d; ++c)
       out[std::size_t(j) * std::size_t(d) + std::size_t(c)] = S(j) * V(c, j);
   return out;
+}
+
+int kept_directions(int r, std::size_t rows, int d) {
+  return int(std::min<std::size_t>({std::size_t(std::max(r, 0)), rows, std::size_t(d)}));
+}
+
+}  // namespace
+
+std::vector<double> query_subspace(const float* q, std::size_t rows, int d, int r,
+                                   bool power_method, int power_iterations, int* r_out) {
+  const int rr = kept_directions(r, rows, d);
+  if (r_out) *r_out = rr;
+  if (rr == 0) return {};
+  MatD Q(Eigen::Index(rows), d);
+  for (std::size_t i = 0; i < rows; ++i)
+    for (int c = 0; c < d; ++c)
+      Q(Eigen::Index(i), c) = double(q[i * std::size_t(d) + std::size_t(c)]);
+  if (power_method) {
+    return scaled_top_eigenvectors(Q.transpose() * Q, d, rr, true, power_iterations);
+  }
+  // Tall Q (rows > d): Q = Q_1 R, and R (d x d) has the same singular values and right
+  // singular vectors as Q, so the SVD runs on the small triangular factor.
+  Eigen::MatrixXd small;
+  if (Q.rows() > d) {
+    Eigen::HouseholderQR<Eigen::MatrixXd> qr(Q);
+    small = qr.matrixQR().topRows(d).triangularView<Eigen::Upper>();
+  } else {
+    small = Q;
+  }
+  Eigen::BDCSVD<Eigen::MatrixXd> svd(small, Eigen::ComputeThinV);
+  const Eigen::MatrixXd V = svd.matrixV().leftCols(rr);
+  const Eigen::VectorXd S = svd.singularValues().head(rr);
+  std::vector<double> out(std::size_t(rr) * std::size_t(d));
+  for (int j = 0; j < rr; ++j)
+    for (int c = 0; c < d; ++c)
+      out[std::size_t(j) * std::size_t(d) + std::size_t(c)] = S(j) * V(c, j);
+  return out;
+}
+
+std::vector<double> gram_subspace(const std::vector<double>& gram, std::size_t rows, int d, int r,
+                                  bool power_method, int power_iterations, int* r_out) {
+  if (gram.size() != std::size_t(d) * std::size_t(d)) {
+    fail_usage("Gram matrix has {} entries, expected {} x {}", gram.size(), d, d);
+  }
+  const int rr = kept_directions(r, rows, d);
+  if (r_out) *r_out = rr;
+  if (rr == 0) return {};
+  const Eigen::MatrixXd G = Eigen::Map<const MatD>(gram.data(), d, d);
+  return scaled_top_eigenvectors(G, d, rr, power_method, power_iterations);
 }
 
 SquatState SquatState::identity(int d, int g) {
@@ -128,15 +164,31 @@ void SquatState::derive_w() {
   }
 }
 
-SquatState SquatState::from_queries(const float* q, std::size_t rows, int d,
-                                    const SubspaceOptions& opt) {
+namespace {
+
+// Refuses bad options; true when they ask for no correction at all (λ = 0, r = 0, no rows).
+bool identity_options(const SubspaceOptions& opt, std::size_t rows) {
   if (opt.lambda < 0 || !std::isfinite(opt.lambda)) {
     fail_usage("lambda must be finite and >= 0, got {}", opt.lambda);
   }
   if (opt.subspace_dim < 0) fail_usage("subspace dimension must be >= 0, got {}", opt.subspace_dim);
-  if (opt.lambda == 0.0 || opt.subspace_dim == 0 || rows == 0) {
-    return identity(d, opt.quant_group_size);
-  }
+  return opt.lambda == 0.0 || opt.subspace_dim == 0 || rows == 0;
+}
+
+}  // namespace
+
+SquatState SquatState::from_subspace(const std::vector<double>& qh, int r, int d,
+                                     const SubspaceOptions& opt) {
+  Eigen::Map<const MatD> Qh(qh.data(), r, d);
+  MatD A = MatD::Identity(d, d) + opt.lambda * (Qh.transpose() * Qh);
+  if (!A.allFinite()) fail("SQuat metric is not finite (queries contain NaN/Inf or overflow)");
+  std::vector<double> a(A.data(), A.data() + std::size_t(d) * std::size_t(d));
+  return from_metric(a, d, opt.quant_group_size);
+}
+
+SquatState SquatState::from_queries(const float* q, std::size_t rows, int d,
+                                    const SubspaceOptions& opt) {
+  if (identity_options(opt, rows)) return identity(d, opt.quant_group_size);
   identity(d, opt.quant_group_size);  // validates d and g
   for (std::size_t i = 0; i < rows * std::size_t(d); ++i) {
     if (!std::isfinite(q[i])) {
@@ -147,11 +199,20 @@ SquatState SquatState::from_queries(const float* q, std::size_t rows, int d,
   int r = 0;
   const std::vector<double> qh =
       query_subspace(q, rows, d, opt.subspace_dim, opt.power_method, opt.power_iterations, &r);
-  Eigen::Map<const MatD> Qh(qh.data(), r, d);
-  MatD A = MatD::Identity(d, d) + opt.lambda * (Qh.transpose() * Qh);
-  if (!A.allFinite()) fail("SQuat metric is not finite (queries contain NaN/Inf or overflow)");
-  std::vector<double> a(A.data(), A.data() + std::size_t(d) * std::size_t(d));
-  return from_metric(a, d, opt.quant_group_size);
+  return from_subspace(qh, r, d, opt);
+}
+
+SquatState SquatState::from_gram(const std::vector<double>& gram, std::size_t rows, int d,
+                                 const SubspaceOptions& opt) {
+  if (identity_options(opt, rows)) return identity(d, opt.quant_group_size);
+  identity(d, opt.quant_group_size);  // validates d and g
+  for (double x : gram) {
+    if (!std::isfinite(x)) fail("SQuat query Gram matrix holds a non-finite value ({})", x);
+  }
+  int r = 0;
+  const std::vector<double> qh =
+      gram_subspace(gram, rows, d, opt.subspace_dim, opt.power_method, opt.power_iterations, &r);
+  return from_subspace(qh, r, d, opt);
 }
 
 void SquatState::drop_metric() {
@@ -271,8 +332,9 @@ std::vector<uint8_t> SquatStateFile::serialize(const std::vector<SquatState>& st
   put<uint32_t>(out, uint32_t(states.size()));
   for (const SquatState& s : states) {
     if (!s.has_metric()) {
-      fail("cannot save a SQuat state whose P and H were dropped to save memory (the cache was "
-           "made without keeping its subspace for saving)");
+      fail(
+          "cannot save a SQuat state whose P and H were dropped to save memory (the cache was "
+          "made without keeping its subspace for saving)");
     }
     put<uint32_t>(out, uint32_t(s.d_));
     put<uint32_t>(out, uint32_t(s.g_));

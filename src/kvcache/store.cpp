@@ -1,5 +1,6 @@
 // The cache store (residual window and flush rules of docs/SQUAT.md §1, byte accounting) and
 // attention over it (block-by-block dequantization, online softmax, RoPE for pre-RoPE keys).
+#include <Eigen/Dense>
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -213,6 +214,9 @@ struct LayerCache::Impl {
   std::shared_ptr<RopeTable> rope;
   std::vector<HeadStore> heads;
   std::vector<SquatState> states;
+  // add_queries: per KV head, QᵀQ of the queries added so far (d x d) and their row count.
+  std::vector<std::vector<double>> gram;
+  std::size_t gram_rows = 0;
   std::size_t n = 0, n_kq = 0, n_vq = 0;
   int kbits = 0, vbits = 0, G = 0, R = 0;
   GroupLayout key_layout = GroupLayout::PerToken;
@@ -222,6 +226,9 @@ struct LayerCache::Impl {
   QuantizedChunk chunk;
   detail::QuantScratch qscratch;
   std::vector<float> flush_buf, rowbuf;
+  // Pre-RoPE KIVI/SQuat keys: the fused kernel's RoPE table of the offsets inside a key group
+  // (simd::rope_lane_table), built once here.
+  std::vector<float> rope_lanes;
 
   std::size_t D() const { return std::size_t(d); }
   std::size_t gb(int bits) const { return packed_bytes(std::size_t(G), bits); }
@@ -249,9 +256,15 @@ struct LayerCache::Impl {
   // Prefill: queries [i0, i1) of KV head h's group over their visible tokens, flash-attention
   // tiles (query rows of the group x a block of keys loaded as floats), written to out.
   void attend_tiles(int h, const float* q, std::size_t i0, std::size_t i1, int n_heads,
-                    const int* q_pos, float* out) const;
-  // Merges n_split partials of one row into o (and undoes the Hadamard rotation).
-  void finish_row(const float* part, std::size_t n_split, std::size_t split_stride, float* o) const;
+                    const int* q_pos, float* out, float* lse) const;
+  // Merges n_split partials of one row into o (and undoes the Hadamard rotation); returns the
+  // log of the softmax denominator (-inf when the row saw no key).
+  float finish_row(const float* part, std::size_t n_split, std::size_t split_stride,
+                   float* o) const;
+  SubspaceOptions subspace_options() const;
+  // KV head h's query rows (query head, token) of q [n_q, n_heads, d], as set_queries stacks them.
+  void stack_queries(int h, const float* q, std::size_t n_q, int n_heads,
+                     std::vector<float>& rows) const;
 };
 
 LayerCache::LayerCache(const CacheConfig& config, int n_kv_heads, int head_dim,
@@ -277,6 +290,11 @@ LayerCache::LayerCache(const CacheConfig& config, int n_kv_heads, int head_dim,
   m.G = config.group_size;
   m.R = config.window();
   m.key_layout = m.kivi_like ? config.key_quant : GroupLayout::PerToken;
+  if (m.kivi_like && config.key_rope == KeyRope::Pre) {
+    m.rope_lanes.resize(std::size_t(head_dim) * std::size_t(m.G));
+    simd::rope_lane_table(m.rope->spec().inv_freq.data(), std::size_t(head_dim / 2),
+                          std::size_t(m.G), m.rope_lanes.data());
+  }
   const bool res16 = config.method == CacheMethod::F16 ||
                      (config.method != CacheMethod::F32 && config.residual_f16);
   for (int h = 0; h < n_kv_heads; ++h) {
@@ -297,7 +315,15 @@ std::size_t LayerCache::quantized_values() const { return impl_->n_vq; }
 const std::vector<SquatState>& LayerCache::states() const { return impl_->states; }
 bool LayerCache::has_states() const { return !impl_->states.empty(); }
 
-void LayerCache::clear_states() { impl_->states.clear(); }
+void LayerCache::clear_states() {
+  impl_->states.clear();
+  end_queries();
+}
+
+void LayerCache::end_queries() {
+  std::vector<std::vector<double>>().swap(impl_->gram);
+  impl_->gram_rows = 0;
+}
 
 namespace {
 
@@ -328,32 +354,70 @@ void LayerCache::drop_state_metrics() {
   for (SquatState& s : impl_->states) s.drop_metric();
 }
 
+SubspaceOptions LayerCache::Impl::subspace_options() const {
+  SubspaceOptions opt;
+  opt.subspace_dim = cfg.subspace_dim;
+  opt.lambda = cfg.lambda;
+  opt.quant_group_size = cfg.quant_group_size;
+  opt.power_method = cfg.power_method;
+  opt.power_iterations = cfg.power_iterations;
+  return opt;
+}
+
+void LayerCache::Impl::stack_queries(int h, const float* q, std::size_t n_q, int n_heads,
+                                     std::vector<float>& rows) const {
+  // Rows ordered (query head, token) like stacking the n_rep heads' [L, d] matrices.
+  const int n_rep = n_heads / n_kv;
+  rows.resize(n_q * std::size_t(n_rep) * D());
+  for (int r = 0; r < n_rep; ++r) {
+    for (std::size_t i = 0; i < n_q; ++i) {
+      const float* src = q + (i * std::size_t(n_heads) + std::size_t(h * n_rep + r)) * D();
+      std::copy(src, src + D(), rows.data() + (std::size_t(r) * n_q + i) * D());
+    }
+  }
+}
+
 void LayerCache::set_queries(const float* q, std::size_t n_q, int n_heads, ThreadPool* pool) {
   Impl& m = *impl_;
   if (m.cfg.method != CacheMethod::Squat) return;
   if (n_heads % m.n_kv != 0) {
     fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, m.n_kv);
   }
-  const int n_rep = n_heads / m.n_kv;
-  SubspaceOptions opt;
-  opt.subspace_dim = m.cfg.subspace_dim;
-  opt.lambda = m.cfg.lambda;
-  opt.quant_group_size = m.cfg.quant_group_size;
-  opt.power_method = m.cfg.power_method;
-  opt.power_iterations = m.cfg.power_iterations;
+  const SubspaceOptions opt = m.subspace_options();
   std::vector<SquatState> states(std::size_t(m.n_kv));
   for_each_head(m.n_kv, pool, [&](int h) {
-    // Rows ordered (query head, token) like stacking the n_rep heads' [L, d] matrices.
-    std::vector<float> rows(n_q * std::size_t(n_rep) * m.D());
-    for (int r = 0; r < n_rep; ++r) {
-      for (std::size_t i = 0; i < n_q; ++i) {
-        const float* src = q + (i * std::size_t(n_heads) + std::size_t(h * n_rep + r)) * m.D();
-        std::copy(src, src + m.D(), rows.data() + (std::size_t(r) * n_q + i) * m.D());
-      }
-    }
+    std::vector<float> rows;
+    m.stack_queries(h, q, n_q, n_heads, rows);
     states[std::size_t(h)] = SquatState::from_queries(rows.data(), rows.size() / m.D(), m.d, opt);
   });
   m.states = std::move(states);
+}
+
+void LayerCache::add_queries(const float* q, std::size_t n_q, int n_heads, ThreadPool* pool) {
+  Impl& m = *impl_;
+  if (m.cfg.method != CacheMethod::Squat) return;
+  if (n_heads % m.n_kv != 0) {
+    fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, m.n_kv);
+  }
+  const SubspaceOptions opt = m.subspace_options();
+  const bool first = m.gram.empty();
+  const std::size_t new_rows = n_q * std::size_t(n_heads / m.n_kv), dd = m.D() * m.D();
+  std::vector<SquatState> states(std::size_t(m.n_kv));
+  if (first) m.gram.assign(std::size_t(m.n_kv), std::vector<double>(dd, 0.0));
+  for_each_head(m.n_kv, pool, [&](int h) {
+    std::vector<float> rows;
+    m.stack_queries(h, q, n_q, n_heads, rows);
+    // G += QᵀQ: the product in float (Q's own precision), accumulated across chunks in double.
+    const Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> Q(
+        rows.data(), Eigen::Index(new_rows), m.d);
+    const Eigen::MatrixXf chunk = Q.transpose() * Q;  // symmetric: storage order does not matter
+    std::vector<double>& g = m.gram[std::size_t(h)];
+    for (std::size_t i = 0; i < dd; ++i) g[i] += double(chunk.data()[i]);
+    states[std::size_t(h)] = first ? SquatState::from_queries(rows.data(), new_rows, m.d, opt)
+                                   : SquatState::from_gram(g, m.gram_rows + new_rows, m.d, opt);
+  });
+  m.states = std::move(states);
+  m.gram_rows += new_rows;
 }
 
 void LayerCache::set_states(std::vector<SquatState> states) {
@@ -484,6 +548,7 @@ std::size_t LayerCache::value_bytes() const {
 std::size_t LayerCache::state_bytes() const {
   std::size_t b = 0;
   for (const SquatState& st : impl_->states) b += st.bytes();
+  for (const std::vector<double>& g : impl_->gram) b += g.size() * sizeof(double);
   return b;
 }
 
@@ -604,14 +669,16 @@ constexpr std::size_t kMaxSplits = 16;       // token ranges per KV head at most
 constexpr std::size_t kSplitMaxQueries = 4;  // more queries (prefill): tiles (attend_tiles)
 constexpr std::size_t kTileRows = 48;        // prefill: query rows (queries x group heads) per task
 
-// Merges n partials (m, l, acc[D]) spaced `stride` floats apart into o[D].
-void merge_partials(const float* part, std::size_t n, std::size_t stride, std::size_t D, float* o) {
+// Merges n partials (m, l, acc[D]) spaced `stride` floats apart into o[D]; returns the log of
+// the merged denominator, M + log L (-inf when no partial saw a key).
+float merge_partials(const float* part, std::size_t n, std::size_t stride, std::size_t D,
+                     float* o) {
   float M = -std::numeric_limits<float>::infinity();
   for (std::size_t j = 0; j < n; ++j) {
     if (part[j * stride + 1] > 0.0f) M = std::max(M, part[j * stride]);
   }
   std::fill(o, o + D, 0.0f);
-  if (M == -std::numeric_limits<float>::infinity()) return;  // sees no key: zeros
+  if (M == -std::numeric_limits<float>::infinity()) return M;  // sees no key: zeros
   float L = 0.0f;
   for (std::size_t j = 0; j < n; ++j) {
     const float* p = part + j * stride;
@@ -622,6 +689,7 @@ void merge_partials(const float* part, std::size_t n, std::size_t stride, std::s
   }
   const float inv = 1.0f / L;
   for (std::size_t c = 0; c < D; ++c) o[c] *= inv;
+  return M + std::log(L);
 }
 
 }  // namespace
@@ -646,6 +714,7 @@ void LayerCache::Impl::fused_setup(int h, std::size_t b0, std::size_t nb, simd::
   fb.vmin = prm + 2 * Dd + nb * ng;
   if (cfg.key_rope == KeyRope::Pre) {
     fb.rope_cs = rope->cs_row(b0);
+    fb.rope_lanes = rope_lanes.data();
     fb.neox = rope->layout() == RopeLayout::Neox;
   }
   fb.kbits = kbits;
@@ -731,7 +800,7 @@ void LayerCache::Impl::attend_range(int h, const float* q, std::size_t n_q, int 
 }
 
 void LayerCache::Impl::attend_tiles(int h, const float* q, std::size_t i0, std::size_t i1,
-                                    int n_heads, const int* q_pos, float* out) const {
+                                    int n_heads, const int* q_pos, float* out, float* lse) const {
   const std::size_t Dd = D(), stride = Dd + 2, B = block();
   const std::size_t n_rep = std::size_t(n_heads / n_kv), rows = (i1 - i0) * n_rep;
   // Key blocks of the decode path's block length: the same online-softmax steps, so the same
@@ -749,8 +818,8 @@ void LayerCache::Impl::attend_tiles(int h, const float* q, std::size_t i0, std::
   float* part = sc.tpart.data();
   std::size_t limit = 0;
   for (std::size_t i = i0; i < i1; ++i) {
-    limit = std::max(limit, std::size_t(std::clamp<long long>((long long)q_pos[i] + 1, 0,
-                                                              (long long)n)));
+    limit = std::max(limit,
+                     std::size_t(std::clamp<long long>((long long)q_pos[i] + 1, 0, (long long)n)));
     for (std::size_t r = 0; r < n_rep; ++r) {
       const float* src = q + (i * std::size_t(n_heads) + std::size_t(h) * n_rep + r) * Dd;
       float* dst = sc.qs.data() + ((i - i0) * n_rep + r) * Dd;
@@ -796,13 +865,14 @@ void LayerCache::Impl::attend_tiles(int h, const float* q, std::size_t i0, std::
     load_keys(h, b0, nb, sc.kb.data(), sc.tmp.data());
     if (pre) simd::rope_rows(sc.kb.data(), nb, Dd, rope->c_row(b0), rope->s_row(b0), neox);
     load_values(h, b0, nb, sc.vb.data(), sc.tmp.data());
-    simd::flash_tile(sc.qs.data(), rows, sc.tvis.data(), sc.kb.data(), Dd, sc.vb.data(), Dd, nb,
-                     Dd, scale, part, stride, sc.work.data());
+    simd::flash_tile(sc.qs.data(), rows, sc.tvis.data(), sc.kb.data(), Dd, sc.vb.data(), Dd, nb, Dd,
+                     scale, part, stride, sc.work.data());
   }
   for (std::size_t i = i0; i < i1; ++i) {
     for (std::size_t r = 0; r < n_rep; ++r) {
-      finish_row(part + ((i - i0) * n_rep + r) * stride, 1, stride,
-                 out + (i * std::size_t(n_heads) + std::size_t(h) * n_rep + r) * Dd);
+      const std::size_t at = i * std::size_t(n_heads) + std::size_t(h) * n_rep + r;
+      const float l = finish_row(part + ((i - i0) * n_rep + r) * stride, 1, stride, out + at * Dd);
+      if (lse) lse[at] = l;
     }
   }
 }
@@ -813,10 +883,11 @@ std::size_t LayerCache::Impl::visible_limit(const int* q_pos, std::size_t n_q) c
   return std::size_t(std::clamp<long long>(max_pos + 1, 0, (long long)n));
 }
 
-void LayerCache::Impl::finish_row(const float* part, std::size_t n_split, std::size_t split_stride,
-                                  float* o) const {
-  merge_partials(part, n_split, split_stride, D(), o);
+float LayerCache::Impl::finish_row(const float* part, std::size_t n_split, std::size_t split_stride,
+                                   float* o) const {
+  const float lse = merge_partials(part, n_split, split_stride, D(), o);
   if (cfg.hadamard) hadamard_transform(o, d);
+  return lse;
 }
 
 void LayerCache::attend_head(int kv_head, const float* q, std::size_t n_q, int n_heads,
@@ -842,7 +913,7 @@ void LayerCache::attend_head(int kv_head, const float* q, std::size_t n_q, int n
 }
 
 void LayerCache::attend(const float* q, std::size_t n_q, int n_heads, const int* q_pos, float* out,
-                        ThreadPool* pool) const {
+                        ThreadPool* pool, float* lse) const {
   const Impl& m = *impl_;
   if (n_heads % m.n_kv != 0) {
     fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, m.n_kv);
@@ -861,7 +932,7 @@ void LayerCache::attend(const float* q, std::size_t n_q, int n_heads, const int*
       for (std::size_t t = next.fetch_add(1); t < n_tasks; t = next.fetch_add(1)) {
         const std::size_t blk = n_blocks - 1 - t / n_kv;
         m.attend_tiles(int(t % n_kv), q, blk * qb, std::min(n_q, blk * qb + qb), n_heads, q_pos,
-                       out);
+                       out, lse);
       }
     };
     if (pool && pool->size() > 1) {
@@ -906,9 +977,10 @@ void LayerCache::attend(const float* q, std::size_t n_q, int n_heads, const int*
     for (std::size_t i = 0; i < n_q; ++i) {
       for (int r = 0; r < n_rep; ++r) {
         const std::size_t row = i * std::size_t(n_rep) + std::size_t(r);
-        m.finish_row(part + std::size_t(h) * n_split * task_floats + row * stride, n_split,
-                     task_floats,
-                     out + (i * std::size_t(n_heads) + std::size_t(h * n_rep + r)) * D);
+        const std::size_t at = i * std::size_t(n_heads) + std::size_t(h * n_rep + r);
+        const float l = m.finish_row(part + std::size_t(h) * n_split * task_floats + row * stride,
+                                     n_split, task_floats, out + at * D);
+        if (lse) lse[at] = l;
       }
     }
   }
@@ -1013,7 +1085,7 @@ void LayerCache::attend_reference(const float* q, std::size_t n_q, int n_heads, 
     dequantize(h, keys.data(), values.data());
     if (m.cfg.key_rope == KeyRope::Pre) {
       for (std::size_t t = 0; t < m.n; ++t) {
-        rope_rotate(keys.data() + t * D, m.d, int(t), m.rope->spec().inv_freq.data(),
+        rope_rotate(keys.data() + t * D, D, (long long)t, m.rope->spec().inv_freq.data(),
                     m.rope->layout());
       }
     }

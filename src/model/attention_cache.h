@@ -47,6 +47,12 @@ class AttentionCache {
   virtual void attend(int layer, const float* q, int n, int first_pos, float* out,
                       ThreadPool& pool) = 0;
 
+  // The prompt (every token fed since the cache was empty) is complete: called once its last
+  // batch went through every layer, before the first decoded token. A cache may treat the
+  // prompt's batches specially until then (SQuat gathers the queries of all of them) and free
+  // what only the prompt needed. Later calls change nothing.
+  virtual void finish_prompt() {}
+
   virtual int n_tokens() const = 0;       // tokens stored (after every layer got them)
   virtual int capacity() const = 0;       // most tokens it can hold
   virtual std::size_t bytes() const = 0;  // bytes holding cached data for those tokens

@@ -51,6 +51,7 @@ const float* BatchDecoder::eval(std::span<const BatchInput> inputs) {
     in.sequence->n_past_ += int(in.tokens.size());
     row += in.tokens.size();
     if (!in.want_logits) continue;
+    in.sequence->cache().finish_prompt();  // logits asked for: its prompt, if any, is complete
     kernels::rmsnorm(buffers_.x.data() + (row - 1) * e, model_.output_norm().data(),
                      normed_.data() + wanted * e, e, c.rms_eps);
     ++wanted;

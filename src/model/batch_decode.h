@@ -33,7 +33,8 @@ class BatchSequence {
 
 // What one sequence contributes to a step: a decode step feeds one token, a prefill chunk
 // several. `want_logits`: return the logits after its last token (not needed for a prefill
-// chunk that is not the prompt's last).
+// chunk that is not the prompt's last); an input that wants them ends its sequence's prompt
+// (AttentionCache::finish_prompt), so a prompt's chunks but the last must not ask for them.
 struct BatchInput {
   BatchSequence* sequence = nullptr;
   std::span<const int32_t> tokens;

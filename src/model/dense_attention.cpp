@@ -33,7 +33,8 @@ void grow(std::vector<T>& v, std::size_t n) {
 }  // namespace
 
 void causal_attention(const KvShape& shape, const float* q, int n_q, int q_first_pos,
-                      const float* k, const float* v, int n_k, float* out, ThreadPool& pool) {
+                      const float* k, const float* v, int n_k, float* out, ThreadPool& pool,
+                      float* lse) {
   if (n_q <= 0) return;
   const auto d = std::size_t(shape.head_dim);
   const auto n_heads = std::size_t(shape.n_heads), n_kv = std::size_t(shape.n_kv_heads);
@@ -84,8 +85,8 @@ void causal_attention(const KvShape& shape, const float* q, int n_q, int q_first
           for (std::size_t r = 0; r < n_rep; ++r) sc.vis[(i - i0) * n_rep + r] = seen;
         }
         kv::simd::prompt_tile(sc.qs.data(), rows, sc.vis.data(), k + t0 * kv_stride + g * d,
-                              kv_stride, v + t0 * kv_stride + g * d, kv_stride, nb, d, scale,
-                              pass, sc.part.data(), stride, sc.work.data());
+                              kv_stride, v + t0 * kv_stride + g * d, kv_stride, nb, d, scale, pass,
+                              sc.part.data(), stride, sc.work.data());
       }
     }
     for (std::size_t i = i0; i < i1; ++i) {
@@ -94,8 +95,10 @@ void causal_attention(const KvShape& shape, const float* q, int n_q, int q_first
         float* o = out + (i * n_heads + g * n_rep + r) * d;
         if (visible(i) == 0) {
           std::fill(o, o + d, 0.0f);
+          if (lse) lse[i * n_heads + g * n_rep + r] = -std::numeric_limits<float>::infinity();
           continue;
         }
+        if (lse) lse[i * n_heads + g * n_rep + r] = p[0] + std::log(p[1]);
         const float inv = 1.0f / p[1];
         for (std::size_t c = 0; c < d; ++c) o[c] = p[2 + c] * inv;
       }

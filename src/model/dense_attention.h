@@ -14,8 +14,11 @@ namespace squat {
 // handed out heaviest first; key tiles through kv::simd::prompt_tile in two passes (row max,
 // then weights and values), which keeps exactly the bits of a per-query loop and so does not
 // depend on the number of threads.
+// `lse`, when given, receives per query and head ([n_q, n_heads]) the log of the softmax's
+// denominator (-inf when the query sees no key), to merge with attention over other keys.
 void causal_attention(const KvShape& shape, const float* q, int n_q, int q_first_pos,
-                      const float* k, const float* v, int n_k, float* out, ThreadPool& pool);
+                      const float* k, const float* v, int n_k, float* out, ThreadPool& pool,
+                      float* lse = nullptr);
 
 // Scalar reference (per query and head, double-precision sums), same contract.
 void causal_attention_reference(const KvShape& shape, const float* q, int n_q, int q_first_pos,

@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "kernels/dequant.h"
 #include "kernels/ops.h"
+#include "squat/rope.h"
 
 namespace squat {
 
@@ -126,6 +127,7 @@ ForwardBuffers::ForwardBuffers(const ModelConfig& c, int rows) : max_rows(std::m
   v.resize(b * std::size_t(c.kv_dim()));
   gate.resize(b * std::size_t(c.n_ff));
   up.resize(b * std::size_t(c.n_ff));
+  rope_cs.resize(b * std::size_t(c.head_dim));
 }
 
 void forward_layers(const Model& m, const int32_t* tokens, std::span<const BatchSlice> slices,
@@ -138,8 +140,16 @@ void forward_layers(const Model& m, const int32_t* tokens, std::span<const Batch
   if (rows == 0 || rows > std::size_t(buf.max_rows)) {
     fail("forward pass of {} rows, expected 1..{}", rows, buf.max_rows);
   }
-  const kernels::RopeLayout layout =
-      c.neox_rope ? kernels::RopeLayout::Neox : kernels::RopeLayout::Normal;
+  const RopeLayout layout = c.neox_rope ? RopeLayout::Neox : RopeLayout::Normal;
+  {  // cos/sin of every row's position, shared by all layers and heads
+    std::size_t row = 0;
+    for (const BatchSlice& s : slices) {
+      for (int i = 0; i < s.n; ++i, ++row) {
+        float* cs = buf.rope_cs.data() + row * hd;
+        rope_cos_sin(s.first_pos + i, c.rope_inv_freq.data(), hd / 2, cs, cs + hd / 2);
+      }
+    }
+  }
 
   const kernels::WeightView& embd = m.token_embedding();
   for (std::size_t i = 0; i < rows; ++i) {
@@ -180,9 +190,9 @@ void forward_layers(const Model& m, const int32_t* tokens, std::span<const Batch
       const bool wants_queries = s.cache->wants_queries(l);
       if (wants_queries) std::copy(q, q + n * qd, buf.q_before_rope.data() + row * qd);
       for (std::size_t i = 0; i < n; ++i) {
+        const float* cs = buf.rope_cs.data() + (row + i) * hd;
         for (int h = 0; h < c.n_heads; ++h) {
-          kernels::rope(q + i * qd + std::size_t(h) * hd, hd, s.first_pos + int(i),
-                        c.rope_inv_freq.data(), layout);
+          rope_apply(q + i * qd + std::size_t(h) * hd, hd, cs, cs + hd / 2, layout);
         }
       }
       if (wants_queries) {
@@ -250,6 +260,7 @@ const float* InferenceContext::eval(std::span<const int32_t> tokens,
     float* out = all_logits ? all_logits->data() + start * std::size_t(c.vocab_size) : nullptr;
     forward_batch(tokens.data() + start, n, out, all_logits != nullptr);
   }
+  cache_->finish_prompt();  // what one eval is given is one prompt (no-op after the first)
   // NaN or Inf weights (a corrupt file) would otherwise turn into silent garbage tokens.
   for (std::size_t i = 0; i < logits_.size(); ++i) {
     if (!std::isfinite(logits_[i])) {

@@ -64,6 +64,9 @@ struct ForwardBuffers {
   ForwardBuffers(const ModelConfig& config, int max_rows);
   int max_rows;
   AlignedBuffer<float> x, xn, q, q_before_rope, k, v, att, proj, gate, up;
+  // Per row: RoPE cos (head_dim/2) then sin (head_dim/2) of the row's position, computed once
+  // per forward pass and used by every layer's query heads.
+  AlignedBuffer<float> rope_cs;
 };
 
 // The transformer layers over a batch of rows that may belong to several sequences (slices in
@@ -81,8 +84,10 @@ class InferenceContext {
   InferenceContext(const Model& model, std::unique_ptr<AttentionCache> cache, ThreadPool& pool,
                    int max_batch = 256);
 
-  // Feeds tokens at the next positions. Returns the logits after the last one (vocab_size
-  // floats, valid until the next call). When `all_logits` is given, it receives [n, vocab].
+  // Feeds tokens at the next positions, in batches of up to max_batch. Returns the logits after
+  // the last one (vocab_size floats, valid until the next call). When `all_logits` is given, it
+  // receives [n, vocab]. The tokens of the first call on an empty cache are its prompt
+  // (AttentionCache::finish_prompt after them).
   const float* eval(std::span<const int32_t> tokens, std::vector<float>* all_logits = nullptr);
 
   const Model& model() const { return model_; }

@@ -1,10 +1,12 @@
 #include "model/store_cache.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "model/dense_attention.h"
+#include "squat/rope.h"
 
 namespace squat {
 
@@ -40,13 +42,14 @@ StoreCache::StoreCache(const KvShape& shape, const RopeSpec& rope, const kv::Cac
 }
 
 bool StoreCache::wants_queries(int layer) const {
-  return config_.method == kv::CacheMethod::Squat && !store_.layer(layer).has_states();
+  return config_.method == kv::CacheMethod::Squat && !states_from_file_ &&
+         (prompt_open_ || !store_.layer(layer).has_states());
 }
 
 void StoreCache::observe_queries(int layer, const float* q_before_rope, const float* q_after_rope,
                                  int n, ThreadPool& pool) {
   const float* q = config_.query_rope == kv::QueryRope::After ? q_after_rope : q_before_rope;
-  store_.layer(layer).set_queries(q, std::size_t(n), shape_.n_heads, &pool);
+  store_.layer(layer).add_queries(q, std::size_t(n), shape_.n_heads, &pool);
   if (!keep_subspace_) store_.layer(layer).drop_state_metrics();
 }
 
@@ -59,19 +62,31 @@ void StoreCache::append(int layer, const float* k, const float* v, int n) {
   const int first = int(cache.tokens());
   const auto d = std::size_t(shape_.head_dim);
   const std::size_t count = std::size_t(n) * std::size_t(shape_.n_kv_heads) * d;
-  // Quantized methods: the prompt attends to its own keys and values in full precision (as the
-  // references do), not to their quantized copies. Full-precision methods read the store, so a
-  // prompt and the same tokens fed one at a time compute exactly the same attention.
-  batch_is_prompt_ = first == 0 && n > 1 && config_.quantized();
+  // Quantized methods: a prompt chunk attends to its own keys and values in full precision (as
+  // the references do with a whole prompt), not to their quantized copies. Full-precision
+  // methods read the store, so a prompt in any chunks and the same tokens fed one at a time
+  // compute exactly the same attention.
+  batch_self_full_ = prompt_open_ && n > 1 && config_.quantized();
+  batch_first_ = first;
   const bool post_rope = config_.key_rope == kv::KeyRope::Post;
-  if (batch_is_prompt_ || post_rope) {
+  if (batch_self_full_ || post_rope) {
     batch_keys_.assign(k, k + count);
+    const std::size_t half = d / 2;
+    if (first != rope_first_ || n > rope_rows_) {  // the batch's cos/sin, once for all layers
+      rope_cs_.resize(std::size_t(n) * d);
+      for (int t = 0; t < n; ++t) {
+        float* cs = rope_cs_.data() + std::size_t(t) * d;
+        rope_cos_sin(first + t, rope_.inv_freq.data(), half, cs, cs + half);
+      }
+      rope_first_ = first;
+      rope_rows_ = n;
+    }
     for (int t = 0; t < n; ++t) {
+      const float* cs = rope_cs_.data() + std::size_t(t) * d;
       for (int h = 0; h < shape_.n_kv_heads; ++h) {
-        kv::rope_rotate(batch_keys_.data() +
-                            (std::size_t(t) * std::size_t(shape_.n_kv_heads) + std::size_t(h)) * d,
-                        shape_.head_dim, first + t, rope_.inv_freq.data(),
-                        rope_.neox ? kv::RopeLayout::Neox : kv::RopeLayout::Normal);
+        rope_apply(batch_keys_.data() +
+                       (std::size_t(t) * std::size_t(shape_.n_kv_heads) + std::size_t(h)) * d,
+                   d, cs, cs + half, rope_.neox ? RopeLayout::Neox : RopeLayout::Normal);
       }
     }
     batch_values_ = v;
@@ -82,9 +97,31 @@ void StoreCache::append(int layer, const float* k, const float* v, int n) {
 
 void StoreCache::attend(int layer, const float* q, int n, int first_pos, float* out,
                         ThreadPool& pool) {
-  if (batch_is_prompt_) {
+  if (batch_self_full_ && batch_first_ == 0) {
     causal_attention(shape_, q, n, first_pos, batch_keys_.data(), batch_values_, batch_tokens_, out,
                      pool);
+    return;
+  }
+  if (batch_self_full_) {
+    // Earlier tokens through the store (each query sees positions < batch_first_), the batch
+    // itself in full precision; the two softmaxes merged by their log denominators.
+    const auto rows = std::size_t(n) * std::size_t(shape_.n_heads);
+    const auto d = std::size_t(shape_.head_dim);
+    store_out_.resize(rows * d);
+    store_lse_.resize(rows);
+    self_lse_.resize(rows);
+    positions_.assign(std::size_t(n), batch_first_ - 1);
+    store_.layer(layer).attend(q, std::size_t(n), shape_.n_heads, positions_.data(),
+                               store_out_.data(), &pool, store_lse_.data());
+    causal_attention(shape_, q, n, 0, batch_keys_.data(), batch_values_, batch_tokens_, out, pool,
+                     self_lse_.data());
+    for (std::size_t r = 0; r < rows; ++r) {
+      const float a = store_lse_[r], b = self_lse_[r], m = std::max(a, b);
+      const float wa = std::exp(a - m), wb = std::exp(b - m), inv = 1.0f / (wa + wb);
+      const float* so = store_out_.data() + r * d;
+      float* o = out + r * d;
+      for (std::size_t c = 0; c < d; ++c) o[c] = (wa * so[c] + wb * o[c]) * inv;
+    }
     return;
   }
   positions_.resize(std::size_t(n));
@@ -92,8 +129,21 @@ void StoreCache::attend(int layer, const float* q, int n, int first_pos, float* 
   store_.layer(layer).attend(q, std::size_t(n), shape_.n_heads, positions_.data(), out, &pool);
 }
 
+void StoreCache::finish_prompt() {
+  if (!prompt_open_) return;
+  prompt_open_ = false;
+  batch_self_full_ = false;
+  for (int l = 0; l < shape_.n_layers; ++l) store_.layer(l).end_queries();
+  // Chunk-sized buffers (post-RoPE keys keep theirs: every decoded token is rotated there).
+  if (config_.key_rope == kv::KeyRope::Pre) std::vector<float>().swap(batch_keys_);
+  std::vector<float>().swap(store_out_);
+  std::vector<float>().swap(store_lse_);
+  std::vector<float>().swap(self_lse_);
+}
+
 void StoreCache::clear() {
   store_.clear();
+  prompt_open_ = true;
   // A new sequence builds its subspace from its own prompt, unless it came from a file.
   if (!states_from_file_) {
     for (int l = 0; l < shape_.n_layers; ++l) store_.layer(l).clear_states();

@@ -1,8 +1,11 @@
 // The forward pass's cache backed by the KV-cache library (include/squat/kvcache.h): every
-// method (f32, f16, int8, int4, kivi, squat) through one store. With a quantized method, the
-// first batch of a sequence (the prompt) attends to itself in full precision, as the KIVI and
-// SQuat references do; what comes later (decoded tokens, later chat turns) attends through the
-// store, reading the quantized cache.
+// method (f32, f16, int8, int4, kivi, squat) through one store. With a quantized method, each
+// batch of the prompt (the prompt goes in chunks, of -b tokens) attends to itself in full
+// precision, as the KIVI and SQuat references do with a whole prompt, and to the earlier
+// chunks through the store (quantized part and full-precision window), as decoding does; what
+// comes after the prompt (decoded tokens, later chat turns) attends through the store. SQuat
+// builds its query subspace from all of the prompt's chunks (kv::LayerCache::add_queries: a
+// Gram matrix per KV head, refined chunk by chunk, freed by finish_prompt).
 #pragma once
 
 #include <memory>
@@ -31,6 +34,7 @@ class StoreCache final : public AttentionCache {
   void append(int layer, const float* k, const float* v, int n) override;
   void attend(int layer, const float* q, int n, int first_pos, float* out,
               ThreadPool& pool) override;
+  void finish_prompt() override;
   int n_tokens() const override { return int(store_.tokens()); }
   int capacity() const override { return shape_.max_tokens; }
   std::size_t bytes() const override { return store_.bytes(); }
@@ -49,14 +53,22 @@ class StoreCache final : public AttentionCache {
   kv::KvCache store_;
   std::string model_tag_;
   bool keep_subspace_ = true;
-  // The prompt batch of the current layer: rotated keys, and values (the model's buffer, valid
-  // until attend), so the prompt attends to itself in full precision.
+  // The current layer's batch: rotated keys, and values (the model's buffer, valid until
+  // attend), so a prompt chunk attends to itself in full precision.
   std::vector<float> batch_keys_;
   const float* batch_values_ = nullptr;
   int batch_tokens_ = 0;
+  int batch_first_ = 0;  // position of the batch's first token
   bool states_from_file_ = false;
-  bool batch_is_prompt_ = false;  // the layer's current batch started from an empty cache
+  bool prompt_open_ = true;       // finish_prompt not called since the cache was empty
+  bool batch_self_full_ = false;  // the layer's current batch attends to itself in full precision
   std::vector<int> positions_;
+  // A later prompt chunk: attention over the store and over itself, merged by log-sum-exp.
+  std::vector<float> store_out_, store_lse_, self_lse_;
+  // RoPE cos/sin (head_dim/2 each per token) of positions rope_first_ .. + rope_rows_, computed
+  // by the first layer that rotates a batch and reused by the others.
+  std::vector<float> rope_cs_;
+  int rope_first_ = -1, rope_rows_ = 0;
 };
 
 }  // namespace squat

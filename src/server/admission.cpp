@@ -21,8 +21,8 @@ std::size_t parse_byte_size(const std::string& text, const std::string& flag) {
                text);
   };
   std::size_t digits = 0;
-  while (digits < text.size() && (std::isdigit(static_cast<unsigned char>(text[digits])) ||
-                                  text[digits] == '.')) {
+  while (digits < text.size() &&
+         (std::isdigit(static_cast<unsigned char>(text[digits])) || text[digits] == '.')) {
     ++digits;
   }
   if (digits == 0) refuse();
@@ -99,6 +99,7 @@ std::size_t filled_cache_bytes(const KvShape& base, const RopeSpec& rope,
       if (cache.wants_queries(l)) cache.observe_queries(l, q.data(), q.data(), prompt_rows, pool);
       cache.append(l, k.data(), v.data(), prompt_rows);
     }
+    cache.finish_prompt();  // as the scheduler's last prompt chunk does
     for (int t = prompt_rows; t < tokens; ++t) {
       for (int l = 0; l < shape.n_layers; ++l) {
         cache.append(l, k.data() + std::size_t(t) * row, v.data() + std::size_t(t) * row, 1);
@@ -128,12 +129,14 @@ CacheFootprint measure_cache_footprint(const KvShape& shape, const RopeSpec& rop
   const std::size_t b1 = filled_cache_bytes(shape, rope, config, pool, p0, p0 + decode);
   const std::size_t b2 = filled_cache_bytes(shape, rope, config, pool, p0, p0 + 3 * decode);
   CacheFootprint f;
-  f.per_token_bytes = b2 > b1 ? double(b2 - b1) / double(2 * decode) : double(b2) / (p0 + 3.0 * decode);
+  f.per_token_bytes =
+      b2 > b1 ? double(b2 - b1) / double(2 * decode) : double(b2) / (p0 + 3.0 * decode);
   f.slack_tokens = config.quantized() ? config.group_size : 0;
   // The rest of each prompt size's bytes is its fixed part (never below a smaller prompt's).
   std::size_t fixed = 0;
   for (int p : prompts) {
-    const std::size_t b = p == p0 ? b1 : filled_cache_bytes(shape, rope, config, pool, p, p + decode);
+    const std::size_t b =
+        p == p0 ? b1 : filled_cache_bytes(shape, rope, config, pool, p, p + decode);
     const double rest = double(b) - f.per_token_bytes * double(p + decode);
     fixed = std::max(fixed, rest > 0 ? std::size_t(rest) : std::size_t(0));
     f.fixed_by_prompt.emplace_back(p, fixed);

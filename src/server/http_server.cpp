@@ -14,6 +14,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "core/process_memory.h"
 #include "server/request.h"
 
 namespace squat::server {
@@ -389,8 +390,9 @@ void HttpServer::routes() {
         }
       }
       if (req.has_header("Transfer-Encoding") && req.has_header("Content-Length")) {
-        return refuse_with(400, "the request has both Content-Length and Transfer-Encoding: "
-                                "send one of them");
+        return refuse_with(400,
+                           "the request has both Content-Length and Transfer-Encoding: "
+                           "send one of them");
       }
     }
     const std::string origin = req.get_header_value("Origin");
@@ -500,7 +502,8 @@ void HttpServer::routes() {
     res.set_content(dump(model_object()), "application/json");
   });
   http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics_.render(resident_set_bytes()), "text/plain; version=0.0.4");
+    res.set_content(metrics_.render(resident_set_bytes(), peak_resident_set_bytes()),
+                    "text/plain; version=0.0.4");
   });
 
   http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res,

@@ -12,8 +12,8 @@ Histogram::Histogram(std::vector<double> bounds)
     : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
 
 void Histogram::observe(double value) {
-  const auto bucket = std::size_t(std::lower_bound(bounds_.begin(), bounds_.end(), value) -
-                                  bounds_.begin());
+  const auto bucket =
+      std::size_t(std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin());
   ++counts_[bucket];
   sum_ += value;
   ++count_;
@@ -107,7 +107,7 @@ int Metrics::peak_active() const {
   return peak_active_;
 }
 
-std::string Metrics::render(std::size_t rss_bytes) const {
+std::string Metrics::render(std::size_t rss_bytes, std::size_t peak_rss_bytes) const {
   std::lock_guard lock(mutex_);
   std::string out;
   header(out, "squat_requests_total", "counter", "HTTP requests answered, by endpoint and status");
@@ -155,6 +155,11 @@ std::string Metrics::render(std::size_t rss_bytes) const {
     header(out, "process_resident_memory_bytes", "gauge", "Resident set size of the server");
     out += fmt::format("process_resident_memory_bytes {}\n", rss_bytes);
   }
+  if (peak_rss_bytes > 0) {
+    header(out, "process_resident_memory_peak_bytes", "gauge",
+           "Peak resident set size of the server since it started (VmHWM)");
+    out += fmt::format("process_resident_memory_peak_bytes {}\n", peak_rss_bytes);
+  }
 
   header(out, "squat_time_to_first_token_seconds", "histogram",
          "From request arrival to its first generated token");
@@ -170,20 +175,6 @@ std::string Metrics::render(std::size_t rss_bytes) const {
   header(out, "squat_batch_sequences", "histogram", "Sequences per batched forward step");
   batch_sequences_.render(out, "squat_batch_sequences");
   return out;
-}
-
-std::size_t resident_set_bytes() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) {
-      std::istringstream fields(line.substr(6));
-      std::size_t kib = 0;
-      fields >> kib;
-      return kib * 1024;
-    }
-  }
-  return 0;
 }
 
 }  // namespace squat::server

@@ -46,16 +46,16 @@ class Metrics {
   void count_admitted(double queue_wait_seconds);
   // A sequence that left the batch: its tokens, and for one that ran to its end (`complete`;
   // not cancelled) the latencies (ttft: from arrival to the first token).
-  void count_generation(int prompt_tokens, int generated_tokens, bool complete,
-                        double ttft_seconds, double seconds_per_output_token,
-                        double total_seconds);
+  void count_generation(int prompt_tokens, int generated_tokens, bool complete, double ttft_seconds,
+                        double seconds_per_output_token, double total_seconds);
   void count_step(int rows, int sequences);
   void set_gauges(const SchedulerGauges& gauges);
   SchedulerGauges gauges() const;
   int peak_active() const;
 
-  // Prometheus text; `rss_bytes` is the process's resident set (0: omitted).
-  std::string render(std::size_t rss_bytes) const;
+  // Prometheus text; `rss_bytes` and `peak_rss_bytes` are the process's resident set now and
+  // its peak (core/process_memory.h; 0: omitted).
+  std::string render(std::size_t rss_bytes, std::size_t peak_rss_bytes = 0) const;
 
  private:
   mutable std::mutex mutex_;
@@ -70,8 +70,5 @@ class Metrics {
   int peak_active_ = 0;
   Histogram ttft_, per_token_, duration_, queue_wait_, batch_sequences_;
 };
-
-// VmRSS of this process from /proc/self/status, in bytes (0 when unreadable).
-std::size_t resident_set_bytes();
 
 }  // namespace squat::server

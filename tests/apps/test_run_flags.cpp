@@ -160,7 +160,7 @@ TEST(Cli, HelpShowsDefaultsThatTheReadmeAgreesWith) {
   struct Flag {
     const char *help, *readme;
   };
-  for (const Flag& f : {Flag{"--batch-size INT:INT in [0 - 1048576]=0", "(default 0:"},
+  for (const Flag& f : {Flag{"--batch-size INT:INT in [0 - 1048576]=512", "(default 512;"},
                         Flag{"--ctx-size INT:INT in [1 - 1048576]=4096", "default 4096)"},
                         Flag{"--n-predict INT=128", "(default 128)"}, Flag{"--temp FLOAT=0.8", ""},
                         Flag{"--seed UINT", ""}}) {
@@ -172,7 +172,7 @@ TEST(Cli, HelpShowsDefaultsThatTheReadmeAgreesWith) {
   const std::string table = readme.str();
   const std::size_t batch_row = table.find("| `-b, --batch N` |");
   ASSERT_NE(batch_row, std::string::npos);
-  EXPECT_NE(table.substr(batch_row, table.find('\n', batch_row) - batch_row).find("default 0"),
+  EXPECT_NE(table.substr(batch_row, table.find('\n', batch_row) - batch_row).find("default 512"),
             std::string::npos);
 }
 
@@ -244,9 +244,9 @@ TEST(Cli, MoreLlamaCppSpellings) {
   EXPECT_EQ(text,
             "<|im_start|>system\nAnswer in French.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
             "<|im_start|>assistant\n");
-  const Result spelled = run_squat(
-      model_run("-p \"The capital of France is\" -n 12 --temp 0 --n-gpu-layers 99 "
-                "--reverse-prompt Paris --batch-size 2 --no-display-prompt"));
+  const Result spelled =
+      run_squat(model_run("-p \"The capital of France is\" -n 12 --temp 0 --n-gpu-layers 99 "
+                          "--reverse-prompt Paris --batch-size 2 --no-display-prompt"));
   EXPECT_EQ(spelled.status, 0) << spelled.output;
   EXPECT_NE(spelled.output.find("CPU only"), std::string::npos) << spelled.output;
   EXPECT_EQ(spelled.output.find("Paris"), std::string::npos) << spelled.output;
@@ -254,8 +254,8 @@ TEST(Cli, MoreLlamaCppSpellings) {
   const std::string prompt =
       "-p \"one two one two one two one two\" -n 16 --temp 0 --no-display-prompt";
   const Result plain = run_squat(model_run(prompt));
-  const Result penalized = run_squat(model_run(
-      prompt + " --presence-penalty 1.5 --frequency-penalty 1.0 --repeat-last-n 64"));
+  const Result penalized = run_squat(
+      model_run(prompt + " --presence-penalty 1.5 --frequency-penalty 1.0 --repeat-last-n 64"));
   EXPECT_EQ(plain.status, 0) << plain.output;
   EXPECT_EQ(penalized.status, 0) << penalized.output;
   EXPECT_NE(plain.output.substr(0, plain.output.find("prompt: ")),

@@ -53,40 +53,6 @@ TEST(Ops, RmsNormMatchesReferenceAndAliases) {
   });
 }
 
-TEST(Ops, RopeWorkedExamples) {
-  const float inv_freq[2] = {1.0f, 0.5f};
-  float normal[4] = {1, 0, 0, 1};
-  rope(normal, 4, 1, inv_freq, RopeLayout::Normal);  // pairs (0,1) by 1 rad, (2,3) by 0.5 rad
-  EXPECT_NEAR(normal[0], 0.54030231f, 1e-6f);
-  EXPECT_NEAR(normal[1], 0.84147098f, 1e-6f);
-  EXPECT_NEAR(normal[2], -0.47942554f, 1e-6f);
-  EXPECT_NEAR(normal[3], 0.87758256f, 1e-6f);
-  float neox[4] = {1, 0, 0, 1};
-  rope(neox, 4, 1, inv_freq, RopeLayout::Neox);  // pairs (0,2) by 1 rad, (1,3) by 0.5 rad
-  EXPECT_NEAR(neox[0], 0.54030231f, 1e-6f);
-  EXPECT_NEAR(neox[2], 0.84147098f, 1e-6f);
-  EXPECT_NEAR(neox[1], -0.47942554f, 1e-6f);
-  EXPECT_NEAR(neox[3], 0.87758256f, 1e-6f);
-  float same[4] = {0.25f, -1, 2, 3};
-  rope(same, 4, 0, inv_freq, RopeLayout::Normal);
-  EXPECT_EQ(std::vector<float>(same, same + 4), (std::vector<float>{0.25f, -1, 2, 3}));
-}
-
-TEST(Ops, RopeKeepsNormAndMatchesReference) {
-  std::mt19937 rng(2);
-  std::vector<float> inv_freq(32);
-  llama3_rope_inv_freq(inv_freq.data(), 64, 10000.0f);
-  for (RopeLayout layout : {RopeLayout::Normal, RopeLayout::Neox}) {
-    for (int pos : {0, 1, 17, 4095, 100000}) {
-      auto head = random_vector(64, rng);
-      auto ref = head;
-      rope(head.data(), 64, pos, inv_freq.data(), layout);
-      rope_ref(ref.data(), 64, pos, inv_freq.data(), layout);
-      for (std::size_t i = 0; i < 64; ++i) ASSERT_NEAR(head[i], ref[i], 1e-6f);
-    }
-  }
-}
-
 TEST(Ops, InvFreqPlainAndLlama3Scaled) {
   std::vector<float> f(2);
   llama3_rope_inv_freq(f.data(), 4, 10000.0f);

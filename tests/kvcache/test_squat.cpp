@@ -313,6 +313,68 @@ TEST(Squat, PowerMethodFindsTheSameSubspace) {
   EXPECT_LT((ga - gb).norm() / ga.norm(), 1e-6);
 }
 
+// Worked example: Q = diag(3, 2, 1) in the first three of four channels (plus a zero row).
+// Its top-2 right singular vectors are e1 and e2 with singular values 3 and 2, so
+// Q̂ᵀQ̂ = diag(9, 4, 0, 0) whatever the signs; G = QᵀQ = diag(9, 4, 1, 0) must give the same.
+TEST(Squat, GramSubspaceEqualsSvdOnAWorkedExample) {
+  const std::vector<float> q = {3, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0};
+  const std::vector<double> gram = {9, 0, 0, 0, 0, 4, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0};
+  int r_svd = 0, r_gram = 0;
+  const std::vector<double> a = query_subspace(q.data(), 4, 4, 2, false, 0, &r_svd);
+  const std::vector<double> b = gram_subspace(gram, 4, 4, 2, false, 0, &r_gram);
+  ASSERT_EQ(r_svd, 2);
+  ASSERT_EQ(r_gram, 2);
+  const double expected[4] = {9, 4, 0, 0};
+  for (const std::vector<double>* qh : {&a, &b}) {
+    Eigen::Map<const Eigen::Matrix<double, -1, -1, Eigen::RowMajor>> Qh(qh->data(), 2, 4);
+    const Mat m = Qh.transpose() * Qh;  // sign- and rotation-independent
+    for (int i = 0; i < 4; ++i) {
+      for (int j = 0; j < 4; ++j) EXPECT_NEAR(m(i, j), i == j ? expected[i] : 0.0, 1e-9);
+    }
+  }
+  EXPECT_THROW(gram_subspace(std::vector<double>(15), 4, 4, 2, false, 0, nullptr), squat::Error);
+}
+
+// On queries with a few dominant directions: the subspace from G = QᵀQ accumulated over row
+// chunks equals the SVD of the whole Q (projector onto the subspace, scaled by S²), and the
+// states built from either quantize keys alike.
+TEST(Squat, GramOfChunksGivesTheSubspaceOfAllQueries) {
+  const std::size_t d = 64, rows = 900;
+  Synthetic s = make_synthetic(64, d, rows, 11);
+  std::vector<double> gram(d * d, 0.0);
+  for (std::size_t r0 = 0; r0 < rows; r0 += 256) {  // chunks of 256 rows, the last shorter
+    const std::size_t r1 = std::min(rows, r0 + 256);
+    for (std::size_t i = r0; i < r1; ++i)
+      for (std::size_t a = 0; a < d; ++a)
+        for (std::size_t b = 0; b < d; ++b)
+          gram[a * d + b] += double(s.queries[i * d + a]) * double(s.queries[i * d + b]);
+  }
+  for (const bool power : {false, true}) {
+    int r1 = 0, r2 = 0;
+    const std::vector<double> svd =
+        query_subspace(s.queries.data(), rows, int(d), 6, power, 30, &r1);
+    const std::vector<double> from_gram = gram_subspace(gram, rows, int(d), 6, power, 30, &r2);
+    ASSERT_EQ(r1, 6);
+    ASSERT_EQ(r2, 6);
+    Eigen::Map<const Eigen::Matrix<double, -1, -1, Eigen::RowMajor>> A(svd.data(), 6, 64),
+        B(from_gram.data(), 6, 64);
+    const Mat ga = A.transpose() * A, gb = B.transpose() * B;
+    EXPECT_LT((ga - gb).norm() / ga.norm(), 1e-6) << (power ? "power method" : "svd");
+  }
+  SubspaceOptions opt;
+  opt.subspace_dim = 6;
+  opt.lambda = 0.05;
+  opt.quant_group_size = 16;
+  const SquatState a = SquatState::from_queries(s.queries.data(), rows, int(d), opt);
+  const SquatState b = SquatState::from_gram(gram, rows, int(d), opt);
+  for (std::size_t i = 0; i < d * d; ++i) ASSERT_NEAR(a.p()[i], b.p()[i], 1e-9);
+  // No rows or λ = 0: no correction.
+  EXPECT_TRUE(SquatState::from_gram(gram, 0, int(d), opt).is_identity());
+  std::vector<double> bad = gram;
+  bad[3] = NAN;
+  EXPECT_THROW(SquatState::from_gram(bad, rows, int(d), opt), squat::Error);
+}
+
 TEST(Squat, StateFileRoundTripsAndRejectsCorruption) {
   const std::size_t d = 64;
   Synthetic s = make_synthetic(32, d, 100, 3);

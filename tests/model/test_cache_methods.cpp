@@ -47,8 +47,8 @@ class CacheMethods : public ::testing::Test {
     kv::CacheConfig c;
     c.method = method;
     c.k_bits = c.v_bits = bits;
-    c.quant_group_size = squat::kv::default_quant_group_size(model_->config().head_dim,
-                                                             c.key_quant, c.group_size);
+    c.quant_group_size =
+        squat::kv::default_quant_group_size(model_->config().head_dim, c.key_quant, c.group_size);
     const bool kivi_like = method == kv::CacheMethod::Kivi || method == kv::CacheMethod::Squat;
     c.key_rope = kivi_like ? kv::KeyRope::Pre : kv::KeyRope::Post;
     return c;
@@ -68,6 +68,7 @@ class CacheMethods : public ::testing::Test {
 
   struct Greedy {
     std::vector<int32_t> tokens;
+    std::vector<int32_t> second;  // the runner-up token at each step
     std::vector<float> top2_gap;  // top-1 minus top-2 logit at each step
   };
   static Greedy greedy(InferenceContext& ctx, const std::vector<int32_t>& prompt, int n) {
@@ -76,12 +77,13 @@ class CacheMethods : public ::testing::Test {
     const float* logits = ctx.eval(prompt);
     for (int i = 0; i < n; ++i) {
       const int32_t best = Sampler::argmax(logits, vocab);
-      float second = -INFINITY;
+      int32_t second = best == 0 ? 1 : 0;
       for (int t = 0; t < vocab; ++t) {
-        if (t != best) second = std::max(second, logits[t]);
+        if (t != best && logits[t] > logits[second]) second = t;
       }
       g.tokens.push_back(best);
-      g.top2_gap.push_back(logits[best] - second);
+      g.second.push_back(second);
+      g.top2_gap.push_back(logits[best] - logits[second]);
       logits = ctx.eval(std::span<const int32_t>(&best, 1));
     }
     return g;
@@ -153,12 +155,16 @@ std::size_t first_divergence(const std::vector<int32_t>& a, const std::vector<in
 // attention) and their prompt attends to its own keys/values in f32 rather than the stored
 // fp16 copies. To separate the two, the same protocol without any quantization is run too:
 // kivi with a residual window longer than the whole sequence (every token stays fp16).
-// Asserted: 8-bit kivi/squat generate what that unquantized kivi generates, or the first
-// divergence is a near-tie there (top-two logit gap < 0.1). Printed (the acceptance table):
-// the first divergence from f16 and f16's gap there, and where the unquantized protocol itself
-// leaves f16 (when both leave f16 at the same token, quantization is not the cause).
+// 8-bit kivi/squat are then fed that run's greedy tokens (teacher forcing) and at every step
+// the change of its top-1/top-2 logit gap is measured. Asserted: mean change < 0.2 and every
+// change < 1.0 (measured on SmolLM2: mean 0.05-0.11 per prompt, max 0.25-0.63, with the fused
+// decode kernel or the plain block path alike). Greedy runs leave the unquantized protocol
+// where such a change exceeds its gap, so where they leave depends on the rounding path (a
+// gap bound of 0.1-0.15 there passed or failed with the SIMD target); it is printed with the
+// gap there, beside where the unquantized protocol itself leaves f16.
 TEST_F(CacheMethods, EightBitKiviAndSquatGenerateWhatF16Generates) {
   constexpr int kTokens = 64;
+  const int vocab = model_->config().vocab_size;
   for (std::size_t p = 0; p < 5; ++p) {
     const std::vector<int32_t> prompt = prompt_tokens(p);
     const int size = int(prompt.size()) + kTokens + 1;
@@ -169,31 +175,37 @@ TEST_F(CacheMethods, EightBitKiviAndSquatGenerateWhatF16Generates) {
     auto full_ctx = context(unquantized, size);
     const Greedy full = greedy(*full_ctx, prompt, kTokens);
     const std::size_t full_at = first_divergence(f16.tokens, full.tokens);
+    std::printf(
+        "[ note ] prompt %zu (%zu tokens): the unquantized kivi protocol leaves f16 at "
+        "token %zu%s\n",
+        p, prompt.size(), full_at, full_at == f16.tokens.size() ? " (never)" : "");
     for (kv::CacheMethod m : {kv::CacheMethod::Kivi, kv::CacheMethod::Squat}) {
       auto ctx = context(config(m, 8), size);
-      const Greedy got = greedy(*ctx, prompt, kTokens);
-      const std::size_t at = first_divergence(f16.tokens, got.tokens);
-      if (at == f16.tokens.size()) {
-        std::printf("[ note ] prompt %zu (%zu tokens), %s-8: all %d tokens equal f16's\n", p,
-                    prompt.size(), kv::to_string(m), kTokens);
+      const float* logits = ctx->eval(prompt);
+      double sum = 0.0, worst = 0.0;
+      std::size_t leaves = full.tokens.size();
+      for (std::size_t i = 0; i < full.tokens.size(); ++i) {
+        const int32_t best = full.tokens[i], second = full.second[i];
+        const double change =
+            std::fabs(double(full.top2_gap[i]) - (double(logits[best]) - logits[second]));
+        sum += change;
+        worst = std::max(worst, change);
+        if (leaves == full.tokens.size() && Sampler::argmax(logits, vocab) != best) leaves = i;
+        logits = ctx->eval(std::span<const int32_t>(&best, 1));
+      }
+      const double mean = sum / double(full.tokens.size());
+      if (leaves == full.tokens.size()) {
+        std::printf("[ note ]   %s-8: greedy follows the unquantized protocol for all %d tokens",
+                    kv::to_string(m), kTokens);
       } else {
         std::printf(
-            "[ note ] prompt %zu (%zu tokens), %s-8: first divergence from f16 at token %zu "
-            "(f16 %d, got %d), f16 top-2 gap there %.4f; unquantized kivi protocol leaves f16 at "
-            "token %zu%s\n",
-            p, prompt.size(), kv::to_string(m), at, f16.tokens[at], got.tokens[at],
-            double(f16.top2_gap[at]), full_at, full_at == f16.tokens.size() ? " (never)" : "");
+            "[ note ]   %s-8: greedy leaves the unquantized protocol at token %zu "
+            "(its gap there %.4f)",
+            kv::to_string(m), leaves, double(full.top2_gap[leaves]));
       }
-      const std::size_t qat = first_divergence(full.tokens, got.tokens);
-      if (qat < full.tokens.size()) {
-        std::printf("[ note ]   vs unquantized kivi: first divergence at token %zu, gap %.4f\n",
-                    qat, double(full.top2_gap[qat]));
-        // 0.15: on an AVX2-only CPU (AMD EPYC) the near-tie where 8-bit KIVI/SQuat leave the
-        // unquantized protocol measured 0.116 (prompt 2, token 27); 0.1 was set on AVX-512.
-        EXPECT_LT(full.top2_gap[qat], 0.15f)
-            << "prompt " << p << ", " << kv::to_string(m) << "-8 leaves the unquantized "
-            << "protocol at token " << qat << " without a near-tie";
-      }
+      std::printf("; top-2 gap change mean %.4f, max %.4f\n", mean, worst);
+      EXPECT_LT(mean, 0.2) << "prompt " << p << ", " << kv::to_string(m) << "-8";
+      EXPECT_LT(worst, 1.0) << "prompt " << p << ", " << kv::to_string(m) << "-8";
     }
   }
 }
@@ -246,6 +258,72 @@ TEST_F(CacheMethods, PromptAtOnceOrTokenByTokenGiveTheSameLayerZeroCache) {
         max_abs_diff(contents(*at_once, last, 0).first, contents(*one_by_one, last, 0).first));
   }
   std::filesystem::remove(subspace);
+}
+
+// Issue 17: the prompt goes in chunks (-b, 512 by default). With a full-precision cache every
+// chunk attends through the store, exactly as the whole prompt does (the same attention code
+// over the same stored keys, key blocks in the same order; the prompt products compute each
+// row in the per-row order), so the logits of every position are equal bit for bit, whatever
+// the chunk size.
+TEST_F(CacheMethods, ChunkedPromptGivesTheWholePromptsLogitsBitForBit) {
+  std::vector<int32_t> prompt;
+  while (prompt.size() < 230) {
+    const std::vector<int32_t> more = long_prompt();
+    prompt.insert(prompt.end(), more.begin() + (prompt.empty() ? 0 : 1), more.end());
+  }
+  prompt.resize(230);
+  for (const kv::CacheMethod m : {kv::CacheMethod::F16, kv::CacheMethod::F32}) {
+    auto whole = context(config(m), 256);
+    std::vector<float> expected;
+    whole->eval(prompt, &expected);
+    for (const int batch : {100, 64, 7}) {
+      auto chunked = context(config(m), 256, "", batch);
+      std::vector<float> got;
+      chunked->eval(prompt, &got);
+      ASSERT_EQ(got.size(), expected.size());
+      std::size_t first_diff = got.size();
+      for (std::size_t i = 0; i < got.size() && first_diff == got.size(); ++i) {
+        if (got[i] != expected[i]) first_diff = i;
+      }
+      EXPECT_EQ(first_diff, got.size())
+          << kv::to_string(m) << " -b " << batch << ": first differing logit at position "
+          << first_diff / std::size_t(model_->config().vocab_size);
+      EXPECT_TRUE(same_cache(*whole, *chunked)) << kv::to_string(m) << " -b " << batch;
+    }
+  }
+}
+
+// A quantized prompt of one chunk is fed exactly as before (the subspace from its queries by
+// SVD); over several chunks the first layer's keys and values are the same projections, so
+// its stored values match the whole prompt's exactly (values do not depend on the subspace)
+// while SQuat's keys follow the subspace refined chunk by chunk.
+TEST_F(CacheMethods, QuantizedPromptInChunks) {
+  const std::vector<int32_t> prompt = long_prompt();
+  for (const kv::CacheMethod m : {kv::CacheMethod::Kivi, kv::CacheMethod::Squat}) {
+    auto whole = context(config(m), 256);
+    auto one_chunk = context(config(m), 256, "", 128);
+    auto chunks = context(config(m), 256, "", 40);
+    std::vector<float> a, b, c;
+    whole->eval(prompt, &a);
+    one_chunk->eval(prompt, &b);
+    chunks->eval(prompt, &c);
+    EXPECT_EQ(a, b) << kv::to_string(m);
+    EXPECT_TRUE(same_cache(*whole, *one_chunk)) << kv::to_string(m);
+    // The first 40 positions see the same tokens the same way in both.
+    const std::size_t vocab = std::size_t(model_->config().vocab_size);
+    EXPECT_TRUE(std::equal(a.begin(), a.begin() + std::ptrdiff_t(40 * vocab), c.begin()))
+        << kv::to_string(m);
+    for (int h = 0; h < model_->config().n_kv_heads; ++h) {
+      const auto [kw, vw] = contents(*whole, 0, h);
+      const auto [kc, vc] = contents(*chunks, 0, h);
+      EXPECT_EQ(vw, vc) << kv::to_string(m) << " head " << h;
+      if (m == kv::CacheMethod::Kivi) {
+        EXPECT_EQ(kw, kc) << "head " << h;
+      } else {
+        EXPECT_NE(kw, kc) << "head " << h << ": the subspace should differ mid-prompt";
+      }
+    }
+  }
 }
 
 // λ = 0 and r = 0 make SQuat exactly KIVI (SQUAT.md §6): same cache everywhere, same tokens;
@@ -317,8 +395,8 @@ TEST_F(CacheMethods, OptionsChangeTheStoredCacheOrTheSubspace) {
     const int d = model_->config().head_dim;
     const RopeSpec rope = model_->rope();
     for (std::size_t t = 0; t < prompt.size(); ++t) {
-      kv::rope_rotate(kpre.data() + t * std::size_t(d), d, int(t), rope.inv_freq.data(),
-                      rope.neox ? kv::RopeLayout::Neox : kv::RopeLayout::Normal);
+      rope_rotate(kpre.data() + t * std::size_t(d), std::size_t(d), (long long)t,
+                  rope.inv_freq.data(), rope.neox ? RopeLayout::Neox : RopeLayout::Normal);
     }
     EXPECT_LT(max_abs_diff(kpre, kpost), 1e-3);
     // And for squat the quantized keys change with the side of RoPE.
@@ -332,7 +410,7 @@ TEST_F(CacheMethods, OptionsChangeTheStoredCacheOrTheSubspace) {
   before.query_rope = kv::QueryRope::Before;
   power.power_method = true;
   r5.subspace_dim = 5;
-  g32.quant_group_size = 32;  // the default is 16 at head_dim 64
+  g32.quant_group_size = 32;                        // the default is 16 at head_dim 64
   per_token.key_quant = kv::GroupLayout::PerToken;  // other key groups (g a multiple of G)
   per_token.quant_group_size = 32;
   for (const kv::CacheConfig& c : {before, power, r5, g32, per_token}) {

@@ -102,8 +102,8 @@ TEST_P(StoreCacheAttention, MatchesDirectSoftmax) {
           for (int e = 0; e < d; ++e) {
             double expected = 0;
             for (int t = 0; t < visible; ++t) {
-              expected += scores[size_t(t)] / total *
-                          round_trip(all_v[size_t(t)][size_t(g * d + e)], f16);
+              expected +=
+                  scores[size_t(t)] / total * round_trip(all_v[size_t(t)][size_t(g * d + e)], f16);
             }
             ASSERT_NEAR(out[size_t((i * hq + h) * d + e)], expected, 2e-4)
                 << "layer " << layer << " query " << i << " head " << h << " dim " << e;
@@ -126,6 +126,122 @@ INSTANTIATE_TEST_SUITE_P(Storages, StoreCacheAttention,
                                            Case{kv::CacheMethod::F16, kv::KeyRope::Pre, false},
                                            Case{kv::CacheMethod::F32, kv::KeyRope::Pre, true},
                                            Case{kv::CacheMethod::F32, kv::KeyRope::Post, true}));
+
+// Quantized methods, a prompt in chunks: each chunk attends to its own keys and values in full
+// precision and to the earlier tokens as the store holds them (quantized part and fp16
+// window, read back with dequantize), all in one softmax; computed here in double. SQuat
+// gathers the queries of every chunk (the subspace changes from chunk to chunk) until
+// finish_prompt, after which it neither asks for queries nor changes its subspace, and a
+// batch of several tokens attends through the store like decoded tokens do.
+TEST(StoreCache, PromptChunksAttendToThemselvesInFullPrecisionAndToTheStore) {
+  const KvShape shape{2, 6, 2, 32, 400};
+  const int n_rep = shape.n_heads / shape.n_kv_heads, d = shape.head_dim;
+  const int kv = shape.n_kv_heads, hq = shape.n_heads;
+  RopeSpec rope;
+  for (int i = 0; i < d / 2; ++i) rope.inv_freq.push_back(float(std::pow(10000.0, -2.0 * i / d)));
+  for (const kv::CacheMethod method : {kv::CacheMethod::Kivi, kv::CacheMethod::Squat}) {
+    kv::CacheConfig config;
+    config.method = method;
+    config.quant_group_size = 8;
+    config.lambda = 0.01;
+    StoreCache cache(shape, rope, config);
+    ThreadPool pool(2);
+    std::mt19937 rng(11);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<double> first_states_p;
+    int pos = 0;
+    // Three prompt chunks (the last one of 3 tokens: the decode-style split path of attend),
+    // then the prompt ends; then a batch of 4 and one token.
+    for (const int step : {70, 100, 3, 0, 4, 1}) {
+      if (step == 0) {
+        cache.finish_prompt();
+        EXPECT_FALSE(cache.wants_queries(0));
+        EXPECT_FALSE(cache.wants_queries(1));
+        continue;
+      }
+      const bool prompt = pos < 173;
+      std::vector<float> k(std::size_t(step * kv * d)), v(k.size()), q(std::size_t(step * hq * d));
+      for (float& x : k) x = normal(rng) * 2.0f;
+      for (float& x : v) x = normal(rng);
+      for (float& x : q) x = normal(rng);
+      for (int layer = 0; layer < shape.n_layers; ++layer) {
+        EXPECT_EQ(cache.wants_queries(layer), method == kv::CacheMethod::Squat && prompt);
+        if (cache.wants_queries(layer)) {
+          cache.observe_queries(layer, q.data(), q.data(), step, pool);
+        }
+        cache.append(layer, k.data(), v.data(), step);
+        std::vector<float> out(q.size());
+        cache.attend(layer, q.data(), step, pos, out.data(), pool);
+        const kv::LayerCache& stored = cache.store().layer(layer);
+        if (method == kv::CacheMethod::Squat && layer == 0) {
+          const std::vector<double>& p = stored.states().at(0).p();
+          if (pos == 0) first_states_p = p;
+          // The subspace moves with the prompt's chunks and stays once the prompt is over.
+          if (pos > 0 && prompt) {
+            EXPECT_NE(p, first_states_p) << "at " << pos;
+            first_states_p = p;
+          }
+          if (!prompt) {
+            EXPECT_EQ(p, first_states_p) << "at " << pos;
+          }
+        }
+        // Keys (pre-RoPE, rotated here) and values, as attention must see them.
+        const std::size_t total = stored.tokens();
+        std::vector<std::vector<double>> keys(static_cast<std::size_t>(kv)), values(keys.size());
+        for (int g = 0; g < kv; ++g) {
+          std::vector<float> ks(total * std::size_t(d)), vs(ks.size());
+          stored.dequantize(g, ks.data(), vs.data());
+          keys[std::size_t(g)].resize(ks.size());
+          values[std::size_t(g)].resize(vs.size());
+          for (std::size_t t = 0; t < total; ++t) {
+            // A prompt chunk's own tokens: the full-precision inputs.
+            const bool own = prompt && step > 1 && int(t) >= pos;
+            std::vector<double> key(static_cast<std::size_t>(d));
+            for (int e = 0; e < d; ++e) {
+              const std::size_t at = t * std::size_t(d) + std::size_t(e);
+              const std::size_t raw =
+                  (t - std::size_t(own ? pos : 0)) * std::size_t(kv * d) + std::size_t(g * d + e);
+              key[std::size_t(e)] = own ? double(k[raw]) : double(ks[at]);
+              values[std::size_t(g)][at] = own ? double(v[raw]) : double(vs[at]);
+            }
+            rotate(key, int(t), rope.inv_freq, false);
+            std::copy(key.begin(), key.end(),
+                      keys[std::size_t(g)].begin() + std::ptrdiff_t(t * std::size_t(d)));
+          }
+        }
+        for (int i = 0; i < step; ++i) {
+          for (int h = 0; h < hq; ++h) {
+            const auto g = std::size_t(h / n_rep);
+            const int visible = pos + i + 1;
+            std::vector<double> scores(static_cast<std::size_t>(visible));
+            double max_score = -1e300;
+            for (int t = 0; t < visible; ++t) {
+              double dot = 0;
+              for (int e = 0; e < d; ++e) {
+                dot +=
+                    double(q[std::size_t((i * hq + h) * d + e)]) * keys[g][std::size_t(t * d + e)];
+              }
+              scores[std::size_t(t)] = dot / std::sqrt(double(d));
+              max_score = std::max(max_score, scores[std::size_t(t)]);
+            }
+            double total_w = 0;
+            for (double& x : scores) total_w += (x = std::exp(x - max_score));
+            for (int e = 0; e < d; ++e) {
+              double expected = 0;
+              for (int t = 0; t < visible; ++t) {
+                expected += scores[std::size_t(t)] * values[g][std::size_t(t * d + e)];
+              }
+              ASSERT_NEAR(out[std::size_t((i * hq + h) * d + e)], expected / total_w, 2e-4)
+                  << kv::to_string(method) << " layer " << layer << " position " << pos + i
+                  << " head " << h << " dim " << e;
+            }
+          }
+        }
+      }
+      pos += step;
+    }
+  }
+}
 
 TEST(StoreCache, RefusesTokensPastItsCapacity) {
   const KvShape shape{1, 2, 1, 4, 3};

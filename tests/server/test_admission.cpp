@@ -83,7 +83,10 @@ TEST(CacheFootprint, F16CostsTwoBytesPerElementPlusRopeRows) {
   // three rows of head_dim floats per position (cos, sin and their interleaving).
   const double data = double(shape.n_layers * shape.n_kv_heads * shape.head_dim * 2 * 2);
   const double rope = 3.0 * shape.head_dim * sizeof(float);
-  EXPECT_GE(f.per_token_bytes, data);
+  // The footprint is a difference of heap sizes between two cache lengths, divided by the tokens
+  // between them: a few hundred bytes the allocator places differently move it by a fraction of
+  // a byte per token (23039.9 for 23040 measured), hence 0.1% below the exact data size.
+  EXPECT_GE(f.per_token_bytes, data * 0.999);
   EXPECT_LE(f.per_token_bytes, (data + rope) * 1.05);
 }
 
@@ -105,6 +108,7 @@ TEST(CacheFootprint, CoversWhatARealCacheHolds) {
         if (cache.wants_queries(l)) cache.observe_queries(l, q.data(), q.data(), prompt, pool);
         cache.append(l, kv.data(), kv.data(), prompt);
       }
+      cache.finish_prompt();  // the scheduler's last prompt chunk asks for logits
       for (int t = prompt; t < tokens; ++t) {
         for (int l = 0; l < shape.n_layers; ++l) {
           const float* row = kv.data() + std::size_t(t) * 3 * 64;

@@ -3,7 +3,9 @@
 
 #include <map>
 #include <sstream>
+#include <vector>
 
+#include "core/process_memory.h"
 #include "server/metrics.h"
 
 namespace squat::server {
@@ -44,13 +46,13 @@ TEST(Metrics, CountsGaugesAndHistograms) {
   m.count_rejection("queue_full");
   m.count_admitted(0.02);
   m.count_generation(10, 5, true, 0.3, 0.02, 0.4);
-  m.count_generation(7, 0, true, 0, 0, 0.1);  // ended at once: no first token
+  m.count_generation(7, 0, true, 0, 0, 0.1);       // ended at once: no first token
   m.count_generation(4, 2, false, 0.1, 0.1, 0.3);  // cancelled: tokens, no latencies
   m.count_cancelled();
   m.count_step(3, 2);
   m.set_gauges({3, 2, 5000, 9000});
   m.set_gauges({1, 0, 100, 200});
-  const std::string text = m.render(123456);
+  const std::string text = m.render(123456, 234567);
   const auto s = samples(text);
   EXPECT_EQ(s.at("squat_requests_total{endpoint=\"/v1/completions\",status=\"200\"}"), 2);
   EXPECT_EQ(s.at("squat_requests_total{endpoint=\"/v1/completions\",status=\"400\"}"), 1);
@@ -66,6 +68,7 @@ TEST(Metrics, CountsGaugesAndHistograms) {
   EXPECT_EQ(s.at("squat_cache_reserved_bytes"), 200);
   EXPECT_EQ(s.at("squat_cache_budget_bytes"), 1 << 20);
   EXPECT_EQ(s.at("process_resident_memory_bytes"), 123456);
+  EXPECT_EQ(s.at("process_resident_memory_peak_bytes"), 234567);
   EXPECT_EQ(s.at("squat_time_to_first_token_seconds_count"), 1);
   EXPECT_EQ(s.at("squat_time_to_first_token_seconds_bucket{le=\"0.25\"}"), 0);
   EXPECT_EQ(s.at("squat_time_to_first_token_seconds_bucket{le=\"0.5\"}"), 1);
@@ -76,10 +79,19 @@ TEST(Metrics, CountsGaugesAndHistograms) {
   EXPECT_NE(text.find("# TYPE squat_queue_length gauge"), std::string::npos);
 }
 
-TEST(Metrics, ResidentSetIsReadFromProc) {
+// The kernel's accounting: the peak is at least the resident set now, and touching 64 MiB
+// more raises it by about that much.
+TEST(Metrics, ResidentSetAndItsPeakAreReadFromProc) {
   const std::size_t rss = resident_set_bytes();
   EXPECT_GT(rss, std::size_t(1) << 20);
   EXPECT_LT(rss, std::size_t(1) << 40);
+  EXPECT_GE(peak_resident_set_bytes(), rss);
+  {
+    std::vector<char> block(std::size_t(64) << 20);
+    volatile char* bytes = block.data();
+    for (std::size_t i = 0; i < block.size(); i += 4096) bytes[i] = char(i);
+  }
+  EXPECT_GE(peak_resident_set_bytes(), rss + (std::size_t(56) << 20));
 }
 
 }  // namespace

@@ -571,6 +571,7 @@ TEST_F(Serve, MetricsCountRequestsAndTokens) {
             m["squat_time_to_first_token_seconds_count"]);
   EXPECT_EQ(m["squat_cache_budget_bytes"], 256.0 * (1 << 20));
   EXPECT_GT(m["process_resident_memory_bytes"], 0);
+  EXPECT_GE(m["process_resident_memory_peak_bytes"], m["process_resident_memory_bytes"]);
   EXPECT_EQ(m["squat_queue_length"], 0);
 }
 
@@ -834,8 +835,8 @@ TEST(ServeAccess, DefaultBodyLimitAndApiKeyFlag) {
   ServerProcess server("-c 256 --kv-budget 32MiB --api-key fl4g");
   ASSERT_GT(server.port(), 0) << server.log();
   RawSocket big(server.port());
-  big.send_all(post_head("/v1/completions",
-                         "Authorization: Bearer fl4g\r\nContent-Length: 1048577\r\n"));
+  big.send_all(
+      post_head("/v1/completions", "Authorization: Bearer fl4g\r\nContent-Length: 1048577\r\n"));
   const std::string refused = big.read_all();
   EXPECT_EQ(status_of(refused), 413) << refused.substr(0, 300);
   EXPECT_NE(refused.find("--max-body of 1048576 bytes"), std::string::npos) << refused;
