@@ -108,10 +108,13 @@ struct RopeSpec {
 // cos/sin per position, grown on demand; shared by all layers of a cache. Rows are stored
 // expanded to head_dim entries so a rotation is x' = x * C + partner(x) * S with
 // partner = the other element of the pair (C = cos at both, S = -sin at the first, +sin at the
-// second element of each pair).
+// second element of each pair). 768 bytes per position at head_dim 64, so a server shares one
+// table among its sequences: made with a fixed number of positions, a table is filled once and
+// never grows (read-only, safe to share across threads); ensure() beyond it fails.
 class RopeTable {
  public:
   explicit RopeTable(RopeSpec spec);
+  RopeTable(RopeSpec spec, std::size_t fixed_positions);
   void ensure(std::size_t n_positions);
   std::size_t size() const { return n_; }
   int half() const { return half_; }
@@ -126,9 +129,12 @@ class RopeTable {
   void rotate(float* x, std::size_t pos) const;  // as squat::rope_rotate
 
  private:
+  void grow(std::size_t n_positions);
+
   RopeSpec spec_;
   int half_ = 0;
   std::size_t n_ = 0;
+  bool fixed_ = false;
   std::vector<float> c_, s_, cs_;
 };
 
@@ -222,14 +228,21 @@ class LayerCache {
 
  private:
   struct Impl;
+  friend class KvCache;  // shares append's scratch among a sequence's layers
   std::unique_ptr<Impl> impl_;
 };
 
 // All layers of one sequence.
+// All layers of one sequence. The layers share their RoPE table and append's scratch (a
+// sequence's layers are appended one after another, never at once).
 class KvCache {
  public:
   KvCache(const CacheConfig& config, int n_layers, int n_kv_heads, int head_dim,
           RopeSpec rope = {});
+  // With a RoPE table shared with other caches (pre-RoPE keys; a fixed table when the caches
+  // are used on different threads).
+  KvCache(const CacheConfig& config, int n_layers, int n_kv_heads, int head_dim,
+          std::shared_ptr<RopeTable> rope);
   LayerCache& layer(int i) { return layers_.at(std::size_t(i)); }
   const LayerCache& layer(int i) const { return layers_.at(std::size_t(i)); }
   int n_layers() const { return int(layers_.size()); }
@@ -246,6 +259,8 @@ class KvCache {
   void load_states(const std::string& path, const std::string& expected_tag = {});
 
  private:
+  void make_layers(int n_layers, int n_kv_heads, int head_dim);
+
   CacheConfig config_;
   std::shared_ptr<RopeTable> rope_;
   std::vector<LayerCache> layers_;

@@ -271,11 +271,12 @@ LoadedModel load_model(const ModelOptions& options) {
 }
 
 std::unique_ptr<AttentionCache> make_cache(const Model& model, const ModelOptions& options,
-                                           int max_tokens) {
-  return std::make_unique<StoreCache>(model.kv_shape(max_tokens), model.rope(),
-                                      options.cache_config(model.config().head_dim),
-                                      options.load_subspace, model_fingerprint(model.file()),
-                                      /*keep_subspace=*/!options.save_subspace.empty());
+                                           int max_tokens,
+                                           std::shared_ptr<kv::RopeTable> shared_rope) {
+  return std::make_unique<StoreCache>(
+      model.kv_shape(max_tokens), model.rope(), options.cache_config(model.config().head_dim),
+      options.load_subspace, model_fingerprint(model.file()),
+      /*keep_subspace=*/!options.save_subspace.empty(), std::move(shared_rope));
 }
 
 std::unique_ptr<InferenceContext> make_context(const Model& model, const ModelOptions& options,

@@ -78,9 +78,11 @@ LoadedModel load_model(const ModelOptions& options);
 
 // A fresh cache of `max_tokens` tokens as the options ask for (method, subspace file; a saved
 // subspace is tagged with, and a loaded one checked against, the model's fingerprint). SQuat
-// keeps its full subspace (P and H) only when --save-subspace asks for it.
+// keeps its full subspace (P and H) only when --save-subspace asks for it. `shared_rope`: a
+// RoPE table shared by many caches (StoreCache::shared_rope_table), as the server's are.
 std::unique_ptr<AttentionCache> make_cache(const Model& model, const ModelOptions& options,
-                                           int max_tokens);
+                                           int max_tokens,
+                                           std::shared_ptr<kv::RopeTable> shared_rope = nullptr);
 
 // A fresh context of `max_tokens` tokens with the cache the options ask for.
 std::unique_ptr<InferenceContext> make_context(const Model& model, const ModelOptions& options,

@@ -13,6 +13,7 @@
 #include "apps/commands.h"
 #include "apps/model_options.h"
 #include "core/error.h"
+#include "model/store_cache.h"
 #include "server/admission.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
@@ -89,8 +90,14 @@ void serve(const ServeOptions& options) {
   so.queue_capacity = options.queue;
   so.prefill_chunk = mo.batch > 0 ? mo.batch : 512;
   so.context = mo.context;
-  const server::CacheFootprint footprint = server::measure_cache_footprint(
-      model->kv_shape(1), model->rope(), cache_config, pool, so.prefill_chunk);
+  // Pre-RoPE keys: one cos/sin table for every position of the context, shared by all
+  // sequences (768 bytes per position at head_dim 64, which each sequence would otherwise
+  // hold per token), so the budget is charged only for what differs per sequence.
+  const std::shared_ptr<kv::RopeTable> rope_table =
+      StoreCache::shared_rope_table(model->rope(), cache_config, so.context);
+  const server::CacheFootprint footprint =
+      server::measure_cache_footprint(model->kv_shape(1), model->rope(), cache_config, pool,
+                                      so.prefill_chunk, /*shared_rope=*/rope_table != nullptr);
   // A budget that cannot hold even the smallest sequence would start a server that answers
   // every request with 400: refuse it now.
   const std::size_t smallest = footprint.bytes_for(1, 2);
@@ -101,7 +108,9 @@ void serve(const ServeOptions& options) {
         options.kv_budget, double(smallest) / double(1 << 20), mo.kv);
   }
   const Model& m = *model;
-  server::CacheFactory caches = [&m, &mo](int capacity) { return make_cache(m, mo, capacity); };
+  server::CacheFactory caches = [&m, &mo, rope_table](int capacity) {
+    return make_cache(m, mo, capacity, rope_table);
+  };
 
   server::Metrics metrics(budget, options.max_seqs);
   server::Scheduler scheduler(m, tokenizer, pool, caches, footprint, so, metrics);

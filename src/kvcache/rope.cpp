@@ -14,9 +14,24 @@ namespace squat::kv {
 
 RopeTable::RopeTable(RopeSpec spec) : spec_(std::move(spec)), half_(int(spec_.inv_freq.size())) {}
 
+RopeTable::RopeTable(RopeSpec spec, std::size_t fixed_positions) : RopeTable(std::move(spec)) {
+  grow(fixed_positions);
+  fixed_ = true;
+}
+
 void RopeTable::ensure(std::size_t n_positions) {
   if (n_positions <= n_) return;
-  const std::size_t cap = std::max(n_positions, n_ * 2), D = std::size_t(2 * half_);
+  if (fixed_) {
+    fail(
+        "the shared RoPE table holds {} positions, a cache asked for {} (a sequence longer "
+        "than the context it was made for)",
+        n_, n_positions);
+  }
+  grow(std::max(n_positions, n_ * 2));
+}
+
+void RopeTable::grow(std::size_t cap) {
+  const std::size_t D = std::size_t(2 * half_);
   c_.resize(cap * D);
   s_.resize(cap * D);
   cs_.resize(cap * D);

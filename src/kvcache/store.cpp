@@ -208,6 +208,14 @@ struct HeadStore {
 
 }  // namespace
 
+// append's scratch (append is not thread-safe anyway): sized by reserve or the first flush,
+// then reused, so decoding allocates nothing. One per KvCache, shared by its layers.
+struct AppendScratch {
+  QuantizedChunk chunk;
+  detail::QuantScratch qscratch;
+  std::vector<float> flush_buf, rowbuf;
+};
+
 struct LayerCache::Impl {
   CacheConfig cfg;
   int n_kv = 0, d = 0;
@@ -221,14 +229,10 @@ struct LayerCache::Impl {
   int kbits = 0, vbits = 0, G = 0, R = 0;
   GroupLayout key_layout = GroupLayout::PerToken;
   bool kivi_like = false, int_method = false;
-  // append's scratch (append is not thread-safe anyway): sized by reserve or the first flush,
-  // then reused, so decoding allocates nothing.
-  QuantizedChunk chunk;
-  detail::QuantScratch qscratch;
-  std::vector<float> flush_buf, rowbuf;
+  std::shared_ptr<AppendScratch> scratch = std::make_shared<AppendScratch>();
   // Pre-RoPE KIVI/SQuat keys: the fused kernel's RoPE table of the offsets inside a key group
-  // (simd::rope_lane_table), built once here.
-  std::vector<float> rope_lanes;
+  // (simd::rope_lane_table), built once (the same for every layer of a KvCache, so shared).
+  std::shared_ptr<const std::vector<float>> rope_lanes;
 
   std::size_t D() const { return std::size_t(d); }
   std::size_t gb(int bits) const { return packed_bytes(std::size_t(G), bits); }
@@ -291,9 +295,10 @@ LayerCache::LayerCache(const CacheConfig& config, int n_kv_heads, int head_dim,
   m.R = config.window();
   m.key_layout = m.kivi_like ? config.key_quant : GroupLayout::PerToken;
   if (m.kivi_like && config.key_rope == KeyRope::Pre) {
-    m.rope_lanes.resize(std::size_t(head_dim) * std::size_t(m.G));
+    auto lanes = std::make_shared<std::vector<float>>(std::size_t(head_dim) * std::size_t(m.G));
     simd::rope_lane_table(m.rope->spec().inv_freq.data(), std::size_t(head_dim / 2),
-                          std::size_t(m.G), m.rope_lanes.data());
+                          std::size_t(m.G), lanes->data());
+    m.rope_lanes = std::move(lanes);
   }
   const bool res16 = config.method == CacheMethod::F16 ||
                      (config.method != CacheMethod::F32 && config.residual_f16);
@@ -436,8 +441,9 @@ void LayerCache::set_states(std::vector<SquatState> states) {
 
 void LayerCache::Impl::flush_keys(int h, std::size_t rows) {
   HeadStore& hs = heads[std::size_t(h)];
-  if (flush_buf.size() < rows * D()) flush_buf.resize(rows * D());
-  hs.kres.get(0, rows * D(), flush_buf.data());
+  AppendScratch& sc = *scratch;
+  if (sc.flush_buf.size() < rows * D()) sc.flush_buf.resize(rows * D());
+  hs.kres.get(0, rows * D(), sc.flush_buf.data());
   const SquatState* state = nullptr;
   if (cfg.method == CacheMethod::Squat) {
     if (states.empty()) {
@@ -447,19 +453,20 @@ void LayerCache::Impl::flush_keys(int h, std::size_t rows) {
     }
     state = &states[std::size_t(h)];
   }
-  detail::quantize_chunk_into(flush_buf.data(), rows, D(), kbits, G, key_layout, cfg.param_type,
-                              state, chunk, qscratch);
-  hs.kq.append(chunk);  // per-channel chunks are already token-major rows of codes
+  detail::quantize_chunk_into(sc.flush_buf.data(), rows, D(), kbits, G, key_layout, cfg.param_type,
+                              state, sc.chunk, sc.qscratch);
+  hs.kq.append(sc.chunk);  // per-channel chunks are already token-major rows of codes
   hs.kres.erase_front(rows * D());
 }
 
 void LayerCache::Impl::flush_values(int h, std::size_t rows) {
   HeadStore& hs = heads[std::size_t(h)];
-  if (flush_buf.size() < rows * D()) flush_buf.resize(rows * D());
-  hs.vres.get(0, rows * D(), flush_buf.data());
-  detail::quantize_chunk_into(flush_buf.data(), rows, D(), vbits, G, GroupLayout::PerToken,
-                              cfg.param_type, nullptr, chunk, qscratch);
-  hs.vq.append(chunk);
+  AppendScratch& sc = *scratch;
+  if (sc.flush_buf.size() < rows * D()) sc.flush_buf.resize(rows * D());
+  hs.vres.get(0, rows * D(), sc.flush_buf.data());
+  detail::quantize_chunk_into(sc.flush_buf.data(), rows, D(), vbits, G, GroupLayout::PerToken,
+                              cfg.param_type, nullptr, sc.chunk, sc.qscratch);
+  hs.vq.append(sc.chunk);
   hs.vres.erase_front(rows * D());
 }
 
@@ -485,8 +492,9 @@ void LayerCache::Impl::append_piece(const float* k, const float* v, std::size_t 
   if (n_new == 0) return;
   const std::size_t D = m.D(), stride = std::size_t(m.n_kv) * D;
   if (m.rope) m.rope->ensure(m.n + n_new);
-  if (m.rowbuf.size() < D) m.rowbuf.resize(D);
-  float* rowbuf = m.rowbuf.data();
+  std::vector<float>& row_scratch = m.scratch->rowbuf;
+  if (row_scratch.size() < D) row_scratch.resize(D);
+  float* rowbuf = row_scratch.data();
   for (int h = 0; h < m.n_kv; ++h) {
     HeadStore& hs = m.heads[std::size_t(h)];
     for (std::size_t i = 0; i < n_new; ++i) {
@@ -714,7 +722,7 @@ void LayerCache::Impl::fused_setup(int h, std::size_t b0, std::size_t nb, simd::
   fb.vmin = prm + 2 * Dd + nb * ng;
   if (cfg.key_rope == KeyRope::Pre) {
     fb.rope_cs = rope->cs_row(b0);
-    fb.rope_lanes = rope_lanes.data();
+    fb.rope_lanes = rope_lanes ? rope_lanes->data() : nullptr;
     fb.neox = rope->layout() == RopeLayout::Neox;
   }
   fb.kbits = kbits;
@@ -1011,12 +1019,13 @@ void LayerCache::reserve(std::size_t n_tokens) {
   if (m.rope) m.rope->ensure(n_tokens);
   // append's flush scratch for a chunk of R keys (or one token's values).
   const std::size_t rows = std::max<std::size_t>(std::size_t(m.R), 1);
-  if (m.flush_buf.size() < rows * D) m.flush_buf.resize(rows * D);
-  if (m.rowbuf.size() < D) m.rowbuf.resize(D);
-  m.qscratch.reserve(rows, D);
-  m.chunk.codes.reserve(rows * D);
-  m.chunk.scale.reserve(rows * D);
-  m.chunk.min.reserve(rows * D);
+  AppendScratch& sc = *m.scratch;
+  if (sc.flush_buf.size() < rows * D) sc.flush_buf.resize(rows * D);
+  if (sc.rowbuf.size() < D) sc.rowbuf.resize(D);
+  sc.qscratch.reserve(rows, D);
+  sc.chunk.codes.reserve(rows * D);
+  sc.chunk.scale.reserve(rows * D);
+  sc.chunk.min.reserve(rows * D);
 }
 
 std::size_t LayerCache::allocated_bytes() const {
@@ -1127,7 +1136,26 @@ KvCache::KvCache(const CacheConfig& config, int n_layers, int n_kv_heads, int he
   config.validate(head_dim);
   if (n_layers <= 0) fail_usage("n_layers must be positive, got {}", n_layers);
   if (config.key_rope == KeyRope::Pre) rope_ = std::make_shared<RopeTable>(std::move(rope));
-  for (int i = 0; i < n_layers; ++i) layers_.emplace_back(config, n_kv_heads, head_dim, rope_);
+  make_layers(n_layers, n_kv_heads, head_dim);
+}
+
+KvCache::KvCache(const CacheConfig& config, int n_layers, int n_kv_heads, int head_dim,
+                 std::shared_ptr<RopeTable> rope)
+    : config_(config), rope_(config.key_rope == KeyRope::Pre ? std::move(rope) : nullptr) {
+  config.validate(head_dim);
+  if (n_layers <= 0) fail_usage("n_layers must be positive, got {}", n_layers);
+  make_layers(n_layers, n_kv_heads, head_dim);
+}
+
+void KvCache::make_layers(int n_layers, int n_kv_heads, int head_dim) {
+  layers_.reserve(std::size_t(n_layers));
+  for (int i = 0; i < n_layers; ++i) {
+    layers_.emplace_back(config_, n_kv_heads, head_dim, rope_);
+    if (i > 0) {  // one scratch and one lane table for all layers
+      layers_.back().impl_->scratch = layers_[0].impl_->scratch;
+      layers_.back().impl_->rope_lanes = layers_[0].impl_->rope_lanes;
+    }
+  }
 }
 
 std::size_t KvCache::bytes() const {

@@ -20,11 +20,14 @@ kv::RopeSpec library_rope(const RopeSpec& rope) {
 
 StoreCache::StoreCache(const KvShape& shape, const RopeSpec& rope, const kv::CacheConfig& config,
                        const std::string& subspace_file, const std::string& model_tag,
-                       bool keep_subspace)
+                       bool keep_subspace, std::shared_ptr<kv::RopeTable> shared_rope)
     : shape_(shape),
       rope_(rope),
       config_((config.validate(shape.head_dim), config)),
-      store_(config, shape.n_layers, shape.n_kv_heads, shape.head_dim, library_rope(rope)),
+      store_(shared_rope ? kv::KvCache(config, shape.n_layers, shape.n_kv_heads, shape.head_dim,
+                                       std::move(shared_rope))
+                         : kv::KvCache(config, shape.n_layers, shape.n_kv_heads, shape.head_dim,
+                                       library_rope(rope))),
       model_tag_(model_tag),
       keep_subspace_(keep_subspace) {
   for (int l = 0; l < shape.n_layers; ++l) store_.layer(l).reserve(std::size_t(shape.max_tokens));
@@ -39,6 +42,13 @@ StoreCache::StoreCache(const KvShape& shape, const RopeSpec& rope, const kv::Cac
       for (int l = 0; l < shape.n_layers; ++l) store_.layer(l).drop_state_metrics();
     }
   }
+}
+
+std::shared_ptr<kv::RopeTable> StoreCache::shared_rope_table(const RopeSpec& rope,
+                                                             const kv::CacheConfig& config,
+                                                             int positions) {
+  if (config.key_rope != kv::KeyRope::Pre) return nullptr;
+  return std::make_shared<kv::RopeTable>(library_rope(rope), std::size_t(std::max(positions, 1)));
 }
 
 bool StoreCache::wants_queries(int layer) const {

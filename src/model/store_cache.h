@@ -24,9 +24,17 @@ class StoreCache final : public AttentionCache {
   // tagged for another model is refused. Without `keep_subspace`, SQuat keeps only what its
   // quantizer needs of the subspace (about 4 MB less per sequence for SmolLM2-135M) and
   // save_subspace fails.
+  // `shared_rope` (shared_rope_table): a RoPE table shared with other sequences' caches
+  // instead of one of this cache's own (768 bytes per position at head_dim 64).
   StoreCache(const KvShape& shape, const RopeSpec& rope, const kv::CacheConfig& config,
              const std::string& subspace_file = "", const std::string& model_tag = "",
-             bool keep_subspace = true);
+             bool keep_subspace = true, std::shared_ptr<kv::RopeTable> shared_rope = nullptr);
+
+  // One read-only RoPE table of `positions` for all caches of this config (pre-RoPE keys;
+  // null otherwise), e.g. the server's sequences, which run on different threads.
+  static std::shared_ptr<kv::RopeTable> shared_rope_table(const RopeSpec& rope,
+                                                          const kv::CacheConfig& config,
+                                                          int positions);
 
   bool wants_queries(int layer) const override;
   void observe_queries(int layer, const float* q_before_rope, const float* q_after_rope, int n,

@@ -77,7 +77,7 @@ std::size_t heap_in_use() {
 // for it, stays with the cache), then one token at a time. Returns the bytes it holds.
 std::size_t filled_cache_bytes(const KvShape& base, const RopeSpec& rope,
                                const kv::CacheConfig& config, ThreadPool& pool, int prompt_rows,
-                               int tokens) {
+                               int tokens, const std::shared_ptr<kv::RopeTable>& shared_rope) {
   KvShape shape = base;
   shape.max_tokens = tokens;
   std::mt19937 rng(7);
@@ -94,7 +94,7 @@ std::size_t filled_cache_bytes(const KvShape& base, const RopeSpec& rope,
   std::size_t measured = 0, accounted = 0;
   {
     // As the server's caches (make_cache without --save-subspace): SQuat keeps only W.
-    StoreCache cache(shape, rope, config, "", "", /*keep_subspace=*/false);
+    StoreCache cache(shape, rope, config, "", "", /*keep_subspace=*/false, shared_rope);
     for (int l = 0; l < shape.n_layers; ++l) {
       if (cache.wants_queries(l)) cache.observe_queries(l, q.data(), q.data(), prompt_rows, pool);
       cache.append(l, k.data(), v.data(), prompt_rows);
@@ -117,17 +117,23 @@ std::size_t filled_cache_bytes(const KvShape& base, const RopeSpec& rope,
 
 CacheFootprint measure_cache_footprint(const KvShape& shape, const RopeSpec& rope,
                                        const kv::CacheConfig& config, ThreadPool& pool,
-                                       int max_prompt_rows) {
+                                       int max_prompt_rows, bool shared_rope) {
   std::vector<int> prompts;
   for (int p = 32; p < max_prompt_rows; p *= 2) prompts.push_back(p);
   prompts.push_back(std::max(1, max_prompt_rows));
   const int p0 = prompts.front(), decode = 128;
+  const int longest = std::max(p0 + 3 * decode, prompts.back() + decode);
+  const std::shared_ptr<kv::RopeTable> table =
+      shared_rope ? StoreCache::shared_rope_table(rope, config, longest) : nullptr;
+  auto filled = [&](int prompt_rows, int tokens) {
+    return filled_cache_bytes(shape, rope, config, pool, prompt_rows, tokens, table);
+  };
   // A first fill warms what is allocated once per process (per-thread scratch), so it does not
   // count as part of one sequence.
-  filled_cache_bytes(shape, rope, config, pool, p0, p0 + decode);
+  filled(p0, p0 + decode);
   // Two lengths past the same prompt: their difference is the cost per token.
-  const std::size_t b1 = filled_cache_bytes(shape, rope, config, pool, p0, p0 + decode);
-  const std::size_t b2 = filled_cache_bytes(shape, rope, config, pool, p0, p0 + 3 * decode);
+  const std::size_t b1 = filled(p0, p0 + decode);
+  const std::size_t b2 = filled(p0, p0 + 3 * decode);
   CacheFootprint f;
   f.per_token_bytes =
       b2 > b1 ? double(b2 - b1) / double(2 * decode) : double(b2) / (p0 + 3.0 * decode);
@@ -135,8 +141,7 @@ CacheFootprint measure_cache_footprint(const KvShape& shape, const RopeSpec& rop
   // The rest of each prompt size's bytes is its fixed part (never below a smaller prompt's).
   std::size_t fixed = 0;
   for (int p : prompts) {
-    const std::size_t b =
-        p == p0 ? b1 : filled_cache_bytes(shape, rope, config, pool, p, p + decode);
+    const std::size_t b = p == p0 ? b1 : filled(p, p + decode);
     const double rest = double(b) - f.per_token_bytes * double(p + decode);
     fixed = std::max(fixed, rest > 0 ? std::size_t(rest) : std::size_t(0));
     f.fixed_by_prompt.emplace_back(p, fixed);

@@ -43,10 +43,12 @@ struct CacheFootprint {
 // random queries, as a prompt would. The bytes are the heap the cache holds by glibc's
 // allocator statistics (everything it allocated, RoPE tables and scratch included), never less
 // than the cache's own accounting of its storage and SQuat states (sanitizer builds, where the
-// statistics read zero).
+// statistics read zero). With `shared_rope`, the caches use one RoPE table made before the
+// measurement, as the server's sequences share one (StoreCache::shared_rope_table): it is then
+// not part of any sequence's bytes.
 CacheFootprint measure_cache_footprint(const KvShape& shape, const RopeSpec& rope,
                                        const kv::CacheConfig& config, ThreadPool& pool,
-                                       int max_prompt_rows = 512);
+                                       int max_prompt_rows = 512, bool shared_rope = false);
 
 // Bytes of the budget reserved by admitted sequences; one scheduler thread owns it.
 class AdmissionBudget {

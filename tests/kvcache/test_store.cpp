@@ -586,6 +586,84 @@ TEST(KvStore, ReserveAndThreadPoolKeepResults) {
   EXPECT_THROW(b.layer(0).set_queries(bad.data(), n, n_heads, &pool), squat::Error);
 }
 
+// The layers of a KvCache share append's scratch and the fused kernel's lane table: each
+// layer, appended in turns as the model does (prompt pieces, then token by token), stores and
+// attends exactly as a cache of its own (one-layer KvCaches fed the same data).
+TEST(KvStore, LayersSharingScratchStoreWhatSeparateCachesStore) {
+  const int d = 64, n_kv = 3, n_heads = 9, layers = 3;
+  const std::size_t prompt = 100, n = 170;
+  const RopeSpec rope = make_rope(d, RopeLayout::Normal);
+  for (CacheMethod method : {CacheMethod::Kivi, CacheMethod::Squat, CacheMethod::Int4}) {
+    CacheConfig cfg;
+    cfg.method = method;
+    cfg.quant_group_size = 32;
+    KvCache shared(cfg, layers, n_kv, d, rope);
+    std::vector<KvCache> own;
+    std::vector<std::vector<float>> k, v, q;
+    for (int l = 0; l < layers; ++l) {
+      own.emplace_back(cfg, 1, n_kv, d, rope);
+      k.push_back(randn(n * n_kv * d, 100 + l, 1.0f + float(l)));
+      v.push_back(randn(n * n_kv * d, 200 + l));
+      q.push_back(randn(n * n_heads * d, 300 + l));
+    }
+    auto feed = [&](std::size_t t0, std::size_t count) {
+      for (int l = 0; l < layers; ++l) {
+        const std::size_t at = t0 * n_kv * d;
+        if (t0 == 0) {
+          shared.layer(l).set_queries(q[l].data(), prompt, n_heads);
+          own[l].layer(0).set_queries(q[l].data(), prompt, n_heads);
+        }
+        shared.layer(l).append(k[l].data() + at, v[l].data() + at, count);
+        own[l].layer(0).append(k[l].data() + at, v[l].data() + at, count);
+      }
+    };
+    feed(0, prompt);
+    for (std::size_t t = prompt; t < n; ++t) feed(t, 1);
+    std::vector<int> pos(n);
+    for (std::size_t i = 0; i < n; ++i) pos[i] = int(i);
+    for (int l = 0; l < layers; ++l) {
+      for (int h = 0; h < n_kv; ++h) {
+        std::vector<float> ks(n * d), vs(n * d), ko(n * d), vo(n * d);
+        shared.layer(l).dequantize(h, ks.data(), vs.data());
+        own[l].layer(0).dequantize(h, ko.data(), vo.data());
+        EXPECT_EQ(ks, ko) << to_string(method) << " layer " << l << " head " << h;
+        EXPECT_EQ(vs, vo) << to_string(method) << " layer " << l << " head " << h;
+      }
+      std::vector<float> os(q[l].size()), oo(q[l].size());
+      shared.layer(l).attend(q[l].data(), n, n_heads, pos.data(), os.data());
+      own[l].layer(0).attend(q[l].data(), n, n_heads, pos.data(), oo.data());
+      EXPECT_EQ(os, oo) << to_string(method) << " layer " << l;
+    }
+  }
+}
+
+// A RoPE table of fixed size (shared by a server's sequences) holds the rows a growing table
+// computes, and refuses to grow, naming both sizes.
+TEST(KvStore, FixedRopeTableHasTheGrownRowsAndRefusesToGrow) {
+  for (RopeLayout layout : {RopeLayout::Normal, RopeLayout::Neox}) {
+    const RopeSpec rope = make_rope(64, layout);
+    RopeTable grown(rope);
+    grown.ensure(3000);
+    const RopeTable fixed(rope, 2500);
+    EXPECT_EQ(fixed.size(), 2500u);
+    for (std::size_t p : {0u, 1u, 31u, 1000u, 2499u}) {
+      EXPECT_TRUE(std::equal(fixed.c_row(p), fixed.c_row(p) + 64, grown.c_row(p)));
+      EXPECT_TRUE(std::equal(fixed.s_row(p), fixed.s_row(p) + 64, grown.s_row(p)));
+      EXPECT_TRUE(std::equal(fixed.cs_row(p), fixed.cs_row(p) + 64, grown.cs_row(p)));
+    }
+    RopeTable again(rope, 100);
+    again.ensure(100);  // within: nothing to do
+    try {
+      again.ensure(101);
+      ADD_FAILURE() << "a fixed table grew";
+    } catch (const squat::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("holds 100 positions, a cache asked for 101"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+}
+
 // add_queries: one call builds the same states as set_queries bit for bit (a prompt of one
 // chunk is quantized as before); over several chunks the states are those of the Gram matrix
 // of every query so far, the stored codes follow them, and end_queries frees the Gram

@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "core/error.h"
 #include "core/fp16.h"
 #include "core/thread_pool.h"
 #include "model/store_cache.h"
@@ -241,6 +242,58 @@ TEST(StoreCache, PromptChunksAttendToThemselvesInFullPrecisionAndToTheStore) {
       pos += step;
     }
   }
+}
+
+// Two sequences sharing one fixed RoPE table (as the server's do), fed in turns, attend
+// exactly as a cache with its own table fed the same tokens; a sequence longer than the shared
+// table is refused with an error, not a crash.
+TEST(StoreCache, SharedRopeTableGivesTheSameAttention) {
+  const KvShape shape{2, 6, 2, 32, 200};
+  const int d = shape.head_dim, kv = shape.n_kv_heads, hq = shape.n_heads;
+  RopeSpec rope;
+  for (int i = 0; i < d / 2; ++i) rope.inv_freq.push_back(float(std::pow(10000.0, -2.0 * i / d)));
+  kv::CacheConfig config;
+  config.method = kv::CacheMethod::Squat;
+  config.quant_group_size = 8;
+  const auto table = StoreCache::shared_rope_table(rope, config, shape.max_tokens);
+  ASSERT_NE(table, nullptr);
+  StoreCache a(shape, rope, config, "", "", true, table),
+      b(shape, rope, config, "", "", true, table);
+  StoreCache own(shape, rope, config);
+  ThreadPool pool(2);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  int pos = 0;
+  for (const int step : {90, 0, 1, 1, 40, 1}) {
+    if (step == 0) {
+      for (StoreCache* c : {&a, &b, &own}) c->finish_prompt();
+      continue;
+    }
+    std::vector<float> k(std::size_t(step * kv * d)), v(k.size()), q(std::size_t(step * hq * d));
+    for (float& x : k) x = normal(rng);
+    for (float& x : v) x = normal(rng);
+    for (float& x : q) x = normal(rng);
+    std::vector<float> other_k(k.size()), other_q(q.size());
+    for (float& x : other_k) x = normal(rng);
+    for (float& x : other_q) x = normal(rng);
+    for (int layer = 0; layer < shape.n_layers; ++layer) {
+      std::vector<float> out_a(q.size()), out_own(q.size()), out_b(q.size());
+      for (StoreCache* c : {&a, &own}) {
+        if (c->wants_queries(layer)) c->observe_queries(layer, q.data(), q.data(), step, pool);
+        c->append(layer, k.data(), v.data(), step);
+      }
+      if (b.wants_queries(layer))
+        b.observe_queries(layer, other_q.data(), other_q.data(), step, pool);
+      b.append(layer, other_k.data(), v.data(), step);
+      a.attend(layer, q.data(), step, pos, out_a.data(), pool);
+      b.attend(layer, other_q.data(), step, pos, out_b.data(), pool);
+      own.attend(layer, q.data(), step, pos, out_own.data(), pool);
+      EXPECT_EQ(out_a, out_own) << "layer " << layer << " at " << pos;
+    }
+    pos += step;
+  }
+  const KvShape longer{shape.n_layers, hq, kv, d, shape.max_tokens + 1};
+  EXPECT_THROW({ StoreCache too_long(longer, rope, config, "", "", true, table); }, squat::Error);
 }
 
 TEST(StoreCache, RefusesTokensPastItsCapacity) {

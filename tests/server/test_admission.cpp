@@ -1,6 +1,7 @@
 // Admission arithmetic: byte sizes, the budget, and the measured per-sequence cache footprint
 // checked against the bytes each layout must store.
 #include <gtest/gtest.h>
+#include <malloc.h>
 
 #include <cmath>
 
@@ -134,6 +135,22 @@ TEST(CacheFootprint, ChargesTheFixedPartOfTheNextMeasuredPromptSize) {
   EXPECT_EQ(f.fixed_bytes(128), 300u);
   EXPECT_EQ(f.fixed_bytes(500), 300u);  // prompts are fed in chunks of at most the largest
   EXPECT_EQ(f.bytes_for(40, 100), 150u + 2 * (100 + 4));
+}
+
+// The server's sequences share one RoPE table, made before its footprint is measured: a
+// sequence's cost per token then leaves out the table's three rows of head_dim floats per
+// position (768 bytes at head_dim 64) that a cache with its own table holds.
+TEST(CacheFootprint, SharedRopeTableIsNotChargedPerSequence) {
+  if (mallinfo2().uordblks == 0) GTEST_SKIP() << "no heap statistics (sanitizer build)";
+  ThreadPool pool(2);
+  const kv::CacheConfig squat2 = method(kv::CacheMethod::Squat, 2);
+  const auto own = measure_cache_footprint(smol_shape(), smol_rope(), squat2, pool, 64);
+  const auto shared =
+      measure_cache_footprint(smol_shape(), smol_rope(), squat2, pool, 64, /*shared_rope=*/true);
+  const double rope_row = 3.0 * 64 * sizeof(float);
+  EXPECT_NEAR(own.per_token_bytes - shared.per_token_bytes, rope_row, 0.05 * rope_row)
+      << "own " << own.per_token_bytes << ", shared " << shared.per_token_bytes;
+  EXPECT_LE(shared.fixed_bytes(64), own.fixed_bytes(64));
 }
 
 TEST(CacheFootprint, TwoBitSquatTakesAFractionOfF16PerToken) {
