@@ -150,7 +150,10 @@ TEST(CacheFootprint, SharedRopeTableIsNotChargedPerSequence) {
   const double rope_row = 3.0 * 64 * sizeof(float);
   EXPECT_NEAR(own.per_token_bytes - shared.per_token_bytes, rope_row, 0.05 * rope_row)
       << "own " << own.per_token_bytes << ", shared " << shared.per_token_bytes;
-  EXPECT_LE(shared.fixed_bytes(64), own.fixed_bytes(64));
+  // The table is a cost per position, so the fixed part stays (within the few hundred bytes
+  // the allocator places differently from one measurement to the next).
+  EXPECT_NEAR(double(shared.fixed_bytes(64)), double(own.fixed_bytes(64)),
+              0.01 * double(own.fixed_bytes(64)));
 }
 
 TEST(CacheFootprint, TwoBitSquatTakesAFractionOfF16PerToken) {
