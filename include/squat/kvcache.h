@@ -232,7 +232,6 @@ class LayerCache {
   std::unique_ptr<Impl> impl_;
 };
 
-// All layers of one sequence.
 // All layers of one sequence. The layers share their RoPE table and append's scratch (a
 // sequence's layers are appended one after another, never at once).
 class KvCache {
