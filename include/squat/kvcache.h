@@ -126,7 +126,6 @@ class RopeTable {
   // Normal layout: cos and sin of pair i at 2i and 2i+1; NeoX: cos of pair i at i, sin at
   // head_dim/2 + i.
   const float* cs_row(std::size_t pos) const { return cs_.data() + pos * std::size_t(2 * half_); }
-  void rotate(float* x, std::size_t pos) const;  // as squat::rope_rotate
 
  private:
   void grow(std::size_t n_positions);

@@ -56,25 +56,6 @@ void RopeTable::grow(std::size_t cap) {
   n_ = cap;
 }
 
-void RopeTable::rotate(float* x, std::size_t pos) const {
-  const float* c = c_row(pos);
-  const float* s = s_row(pos);
-  const std::size_t h = std::size_t(half_);
-  if (spec_.layout == RopeLayout::Neox) {
-    for (std::size_t i = 0; i < h; ++i) {
-      const float a = x[i], b = x[i + h];
-      x[i] = a * c[i] + b * s[i];
-      x[i + h] = b * c[i + h] + a * s[i + h];
-    }
-  } else {
-    for (std::size_t i = 0; i < h; ++i) {
-      const float a = x[2 * i], b = x[2 * i + 1];
-      x[2 * i] = a * c[2 * i] + b * s[2 * i];
-      x[2 * i + 1] = b * c[2 * i + 1] + a * s[2 * i + 1];
-    }
-  }
-}
-
 void hadamard_transform(float* x, int n) {
   for (int len = 1; len < n; len <<= 1) {
     for (int i = 0; i < n; i += 2 * len) {

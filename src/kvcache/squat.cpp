@@ -26,6 +26,15 @@ using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMaj
 
 namespace {
 
+// Q̂ = diag(S) Vᵀ as row-major [rr, d] (V: d x rr, directions as columns).
+std::vector<double> scaled_rows(const Eigen::MatrixXd& V, const Eigen::VectorXd& S) {
+  const Eigen::Index d = V.rows(), rr = V.cols();
+  std::vector<double> out(std::size_t(rr) * std::size_t(d));
+  for (Eigen::Index j = 0; j < rr; ++j)
+    for (Eigen::Index c = 0; c < d; ++c) out[std::size_t(j * d + c)] = S(j) * V(c, j);
+  return out;
+}
+
 // Top-rr eigenpairs of the symmetric G (d x d) as Q̂ rows sqrt(λ_j) v_jᵀ, descending. With
 // `power_method`, block power iteration on G then Rayleigh-Ritz on the found subspace;
 // otherwise a full symmetric eigendecomposition.
@@ -58,11 +67,7 @@ std::vector<double> scaled_top_eigenvectors(const Eigen::MatrixXd& G, int d, int
       S(j) = std::sqrt(std::max(eig.eigenvalues()(src), 0.0));
     }
   }
-  std::vector<double> out(std::size_t(rr) * std::size_t(d));
-  for (int j = 0; j < rr; ++j)
-    for (int c = 0; c < d; ++c)
-      out[std::size_t(j) * std::size_t(d) + std::size_t(c)] = S(j) * V(c, j);
-  return out;
+  return scaled_rows(V, S);
 }
 
 int kept_directions(int r, std::size_t rows, int d) {
@@ -95,11 +100,7 @@ std::vector<double> query_subspace(const float* q, std::size_t rows, int d, int 
   Eigen::BDCSVD<Eigen::MatrixXd> svd(small, Eigen::ComputeThinV);
   const Eigen::MatrixXd V = svd.matrixV().leftCols(rr);
   const Eigen::VectorXd S = svd.singularValues().head(rr);
-  std::vector<double> out(std::size_t(rr) * std::size_t(d));
-  for (int j = 0; j < rr; ++j)
-    for (int c = 0; c < d; ++c)
-      out[std::size_t(j) * std::size_t(d) + std::size_t(c)] = S(j) * V(c, j);
-  return out;
+  return scaled_rows(V, S);
 }
 
 std::vector<double> gram_subspace(const std::vector<double>& gram, std::size_t rows, int d, int r,

@@ -266,6 +266,7 @@ struct LayerCache::Impl {
   float finish_row(const float* part, std::size_t n_split, std::size_t split_stride,
                    float* o) const;
   SubspaceOptions subspace_options() const;
+  void check_query_heads(int n_heads) const;  // n_heads a multiple of n_kv, else fail_usage
   // KV head h's query rows (query head, token) of q [n_q, n_heads, d], as set_queries stacks them.
   void stack_queries(int h, const float* q, std::size_t n_q, int n_heads,
                      std::vector<float>& rows) const;
@@ -369,6 +370,12 @@ SubspaceOptions LayerCache::Impl::subspace_options() const {
   return opt;
 }
 
+void LayerCache::Impl::check_query_heads(int n_heads) const {
+  if (n_heads % n_kv != 0) {
+    fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, n_kv);
+  }
+}
+
 void LayerCache::Impl::stack_queries(int h, const float* q, std::size_t n_q, int n_heads,
                                      std::vector<float>& rows) const {
   // Rows ordered (query head, token) like stacking the n_rep heads' [L, d] matrices.
@@ -385,9 +392,7 @@ void LayerCache::Impl::stack_queries(int h, const float* q, std::size_t n_q, int
 void LayerCache::set_queries(const float* q, std::size_t n_q, int n_heads, ThreadPool* pool) {
   Impl& m = *impl_;
   if (m.cfg.method != CacheMethod::Squat) return;
-  if (n_heads % m.n_kv != 0) {
-    fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, m.n_kv);
-  }
+  m.check_query_heads(n_heads);
   const SubspaceOptions opt = m.subspace_options();
   std::vector<SquatState> states(std::size_t(m.n_kv));
   for_each_head(m.n_kv, pool, [&](int h) {
@@ -401,9 +406,7 @@ void LayerCache::set_queries(const float* q, std::size_t n_q, int n_heads, Threa
 void LayerCache::add_queries(const float* q, std::size_t n_q, int n_heads, ThreadPool* pool) {
   Impl& m = *impl_;
   if (m.cfg.method != CacheMethod::Squat) return;
-  if (n_heads % m.n_kv != 0) {
-    fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, m.n_kv);
-  }
+  m.check_query_heads(n_heads);
   const SubspaceOptions opt = m.subspace_options();
   const bool first = m.gram.empty();
   const std::size_t new_rows = n_q * std::size_t(n_heads / m.n_kv), dd = m.D() * m.D();
@@ -901,9 +904,7 @@ float LayerCache::Impl::finish_row(const float* part, std::size_t n_split, std::
 void LayerCache::attend_head(int kv_head, const float* q, std::size_t n_q, int n_heads,
                              const int* q_pos, float* out) const {
   const Impl& m = *impl_;
-  if (n_heads % m.n_kv != 0) {
-    fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, m.n_kv);
-  }
+  m.check_query_heads(n_heads);
   const std::size_t D = m.D(), stride = D + 2;
   const int n_rep = n_heads / m.n_kv;
   const std::size_t rows = n_q * std::size_t(n_rep);
@@ -923,9 +924,7 @@ void LayerCache::attend_head(int kv_head, const float* q, std::size_t n_q, int n
 void LayerCache::attend(const float* q, std::size_t n_q, int n_heads, const int* q_pos, float* out,
                         ThreadPool* pool, float* lse) const {
   const Impl& m = *impl_;
-  if (n_heads % m.n_kv != 0) {
-    fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, m.n_kv);
-  }
+  m.check_query_heads(n_heads);
   if (n_q == 0) return;
   const std::size_t D = m.D(), stride = D + 2, B = m.block();
   const int n_rep = n_heads / m.n_kv;
@@ -1083,9 +1082,7 @@ void LayerCache::dequantize(int kv_head, float* keys, float* values) const {
 void LayerCache::attend_reference(const float* q, std::size_t n_q, int n_heads, const int* q_pos,
                                   float* out) const {
   const Impl& m = *impl_;
-  if (n_heads % m.n_kv != 0) {
-    fail_usage("n_heads {} must be a multiple of n_kv_heads {}", n_heads, m.n_kv);
-  }
+  m.check_query_heads(n_heads);
   const int n_rep = n_heads / m.n_kv;
   const std::size_t D = m.D();
   std::vector<float> keys(m.n * D), values(m.n * D);
