@@ -12,7 +12,7 @@ namespace {
 // Walks a value like a consumer would (nested arrays included) and returns a checksum.
 uint64_t touch(const squat::gguf::Value& v) {
   uint64_t sum = uint64_t(v.type) + v.u + uint64_t(v.i) + v.s.size() + (v.b ? 1 : 0);
-  for (const auto& e : v.array) sum += touch(e);
+  for (const auto& e : v.elements()) sum += touch(e);  // decodes flat arrays from the file
   return sum;
 }
 

@@ -5,9 +5,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <string_view>
 #include <unordered_map>
 
 #include "core/error.h"
@@ -18,8 +20,9 @@ namespace {
 
 constexpr uint32_t kMaxDims = 4;
 constexpr int kMaxArrayDepth = 16;
-// Each Value costs ~100 bytes of memory, so a hostile file could ask for far more memory than it
-// holds. Real vocabularies need < 1M values; 8M leaves room for any model while capping the cost.
+// Each Value held in memory (scalars, and arrays of arrays; not the elements of flat arrays,
+// which stay in the file) costs ~100 bytes, so a hostile file could ask for far more memory than
+// it holds. Real models need a few hundred; 8M caps the cost.
 constexpr uint64_t kMaxValues = uint64_t(1) << 23;
 
 // Text from the file for an error message: non-printable bytes escaped, long text cut.
@@ -111,15 +114,24 @@ class Reader {
     return value;
   }
 
-  std::string read_string(const char* what) {
+  std::string read_string(const char* what) { return std::string(read_string_view(what)); }
+
+  // The string's bytes inside the file (valid while it is mapped).
+  std::string_view read_string_view(const char* what) {
     const uint64_t len = read<uint64_t>(what);
     if (len > remaining()) {
       error("{} has length {} but only {} bytes remain in the file (size {})", what, len,
             remaining(), size_);
     }
-    std::string s(reinterpret_cast<const char*>(data_ + pos_), std::size_t(len));
+    const std::string_view s(reinterpret_cast<const char*>(data_ + pos_), std::size_t(len));
     pos_ += std::size_t(len);
     return s;
+  }
+
+  const uint8_t* here() const { return data_ + pos_; }
+  void skip(std::size_t n, const char* what) {
+    need(n, what);
+    pos_ += n;
   }
 
  private:
@@ -171,6 +183,77 @@ const char* value_type_name(ValueType type) {
   return "UNKNOWN";
 }
 
+namespace {
+// Decodes one element of a flat array (type is not ARRAY) at `p`, which the parser validated,
+// and moves `p` past it.
+Value decode_element(ValueType type, const uint8_t*& p) {
+  const auto load = [&p]<typename T>(T value) {
+    std::memcpy(&value, p, sizeof(T));  // little-endian host, as in Reader::read
+    p += sizeof(T);
+    return value;
+  };
+  Value v;
+  v.type = type;
+  switch (type) {
+    case ValueType::UINT8:
+      v.u = load(uint8_t{});
+      break;
+    case ValueType::INT8:
+      v.i = load(int8_t{});
+      break;
+    case ValueType::UINT16:
+      v.u = load(uint16_t{});
+      break;
+    case ValueType::INT16:
+      v.i = load(int16_t{});
+      break;
+    case ValueType::UINT32:
+      v.u = load(uint32_t{});
+      break;
+    case ValueType::INT32:
+      v.i = load(int32_t{});
+      break;
+    case ValueType::UINT64:
+      v.u = load(uint64_t{});
+      break;
+    case ValueType::INT64:
+      v.i = load(int64_t{});
+      break;
+    case ValueType::FLOAT32:
+      v.f = load(float{});
+      break;
+    case ValueType::FLOAT64:
+      v.f = load(double{});
+      break;
+    case ValueType::BOOL:
+      v.b = load(uint8_t{}) != 0;
+      break;
+    case ValueType::STRING: {
+      const uint64_t len = load(uint64_t{});
+      v.s.assign(reinterpret_cast<const char*>(p), std::size_t(len));
+      p += len;
+      break;
+    }
+    case ValueType::ARRAY:
+      break;  // never encoded flat
+  }
+  return v;
+}
+}  // namespace
+
+std::vector<Value> Value::elements(std::size_t limit) const {
+  if (element_type == ValueType::ARRAY) {
+    const std::size_t n = std::min(limit, array.size());
+    return std::vector<Value>(array.begin(), array.begin() + std::ptrdiff_t(n));
+  }
+  std::vector<Value> out;
+  const std::size_t n = std::size_t(std::min<uint64_t>(limit, count));
+  out.reserve(n);
+  const uint8_t* p = encoded;
+  for (std::size_t k = 0; k < n; ++k) out.push_back(decode_element(element_type, p));
+  return out;
+}
+
 std::string to_string(const Value& v, std::size_t max_elements) {
   switch (v.type) {
     case ValueType::UINT8:
@@ -192,12 +275,13 @@ std::string to_string(const Value& v, std::size_t max_elements) {
       return fmt::format("\"{}\"", printable(v.s));
     case ValueType::ARRAY: {
       std::string out = "[";
-      for (std::size_t k = 0; k < v.array.size() && k < max_elements; ++k) {
+      const std::vector<Value> shown = v.elements(max_elements);
+      for (std::size_t k = 0; k < shown.size(); ++k) {
         if (k) out += ", ";
-        out += to_string(v.array[k], max_elements);
+        out += to_string(shown[k], max_elements);
       }
-      if (v.array.size() > max_elements) {
-        out += fmt::format(", ... ({} {} in all)", v.array.size(), value_type_name(v.element_type));
+      if (v.count > max_elements) {
+        out += fmt::format(", ... ({} {} in all)", v.count, value_type_name(v.element_type));
       }
       return out + "]";
     }
@@ -301,9 +385,25 @@ Value File::Impl::parse_value(Reader& r, ValueType type, int depth) {
         r.error("array count {} of {} needs at least {} bytes each but only {} bytes remain", count,
                 value_type_name(v.element_type), min_bytes, r.remaining());
       }
-      v.array.reserve(std::size_t(count));
-      for (uint64_t k = 0; k < count; ++k) {
-        v.array.push_back(parse_value(r, v.element_type, depth + 1));
+      v.count = count;
+      if (v.element_type == ValueType::ARRAY) {
+        v.array.reserve(std::size_t(count));
+        for (uint64_t k = 0; k < count; ++k) {
+          v.array.push_back(parse_value(r, v.element_type, depth + 1));
+        }
+        break;
+      }
+      // Flat: validated here, left in the file, decoded by Value::elements and the getters.
+      v.encoded = r.here();
+      if (v.element_type == ValueType::STRING) {
+        for (uint64_t k = 0; k < count; ++k) r.read_string_view("string element");
+      } else if (v.element_type == ValueType::BOOL) {
+        for (uint64_t k = 0; k < count; ++k) {
+          const uint8_t b = r.read<uint8_t>("BOOL element");
+          if (b > 1) r.error("BOOL element {} is {}, expected 0 or 1", k, b);
+        }
+      } else {  // count <= remaining / size was checked above, so this cannot overflow
+        r.skip(std::size_t(count) * min_value_bytes(v.element_type), "array elements");
       }
       break;
     }
@@ -616,8 +716,9 @@ std::vector<std::string> File::get_string_array(const std::string& key) const {
     impl_->wrong_type(key, v, "an ARRAY of STRING");
   }
   std::vector<std::string> out;
-  out.reserve(v.array.size());
-  for (const Value& e : v.array) out.push_back(e.s);
+  out.reserve(std::size_t(v.count));
+  const uint8_t* p = v.encoded;
+  for (uint64_t k = 0; k < v.count; ++k) out.push_back(decode_element(ValueType::STRING, p).s);
   return out;
 }
 
@@ -627,8 +728,9 @@ std::vector<double> File::get_float_array(const std::string& key) const {
   if (v.type != ValueType::ARRAY || !(is_float(et) || is_signed(et) || is_unsigned(et))) {
     impl_->wrong_type(key, v, "an ARRAY of numbers");
   }
-  std::vector<double> out(v.array.size());
-  for (std::size_t k = 0; k < out.size(); ++k) as_double(v.array[k], out[k]);
+  std::vector<double> out(std::size_t(v.count));
+  const uint8_t* p = v.encoded;
+  for (std::size_t k = 0; k < out.size(); ++k) as_double(decode_element(et, p), out[k]);
   return out;
 }
 
@@ -637,11 +739,13 @@ std::vector<int64_t> File::get_int_array(const std::string& key) const {
   if (v.type != ValueType::ARRAY || !(is_signed(v.element_type) || is_unsigned(v.element_type))) {
     impl_->wrong_type(key, v, "an ARRAY of integers");
   }
-  std::vector<int64_t> out(v.array.size());
+  std::vector<int64_t> out(std::size_t(v.count));
+  const uint8_t* p = v.encoded;
   for (std::size_t k = 0; k < out.size(); ++k) {
-    if (!as_int(v.array[k], out[k])) {
+    const Value e = decode_element(v.element_type, p);
+    if (!as_int(e, out[k])) {
       fail("{}: metadata key '{}': element {} is {}, which does not fit in a signed 64-bit integer",
-           impl_->path, key, k, v.array[k].u);
+           impl_->path, key, k, e.u);
     }
   }
   return out;

@@ -130,7 +130,8 @@ TEST_P(GgufVersion, EveryValueType) {
     b.u32(t::kStr).u64(0);
     b.u32(t::kArr).u64(1).u32(t::kI16).u64(1).i16(9);
   });
-  const File f = parse(w.build());
+  const std::vector<uint8_t> bytes = w.build();  // alive while f is: values point into it
+  const File f = parse(bytes);
   EXPECT_EQ(f.version(), GetParam());
   ASSERT_EQ(f.metadata().size(), 18u);
   EXPECT_EQ(f.metadata()[0].first, "u8");  // file order is kept
@@ -156,24 +157,40 @@ TEST_P(GgufVersion, EveryValueType) {
 
   const Value& arr = *f.find("arr_i32");
   EXPECT_EQ(arr.type, ValueType::ARRAY);
+  // A flat array's elements stay in the file (no Value per element on the heap).
+  EXPECT_TRUE(arr.array.empty());
+  EXPECT_GE(arr.encoded, bytes.data());
+  EXPECT_LT(arr.encoded, bytes.data() + bytes.size());
   EXPECT_EQ(arr.element_type, ValueType::INT32);
-  ASSERT_EQ(arr.array.size(), 3u);
-  EXPECT_EQ(arr.array[0].i, -1);
-  EXPECT_EQ(arr.array[2].i, 7);
+  ASSERT_EQ(arr.count, 3u);
+  const std::vector<Value> ints = arr.elements();
+  ASSERT_EQ(ints.size(), 3u);
+  EXPECT_EQ(ints[0].i, -1);
+  EXPECT_EQ(ints[2].i, 7);
+  EXPECT_EQ(arr.elements(2).size(), 2u);  // the limit
+  const std::vector<Value> strs = f.find("arr_str")->elements();
+  ASSERT_EQ(strs.size(), 3u);
+  EXPECT_EQ(strs[0].s, "x");
+  EXPECT_EQ(strs[1].s, "");
+  EXPECT_EQ(strs[2].s, "yz");
   EXPECT_EQ(f.find("empty")->element_type, ValueType::UINT64);
-  EXPECT_TRUE(f.find("empty")->array.empty());
+  EXPECT_EQ(f.find("empty")->count, 0u);
+  EXPECT_TRUE(f.find("empty")->elements().empty());
 
   const Value& nested = *f.find("nested");
   EXPECT_EQ(nested.element_type, ValueType::ARRAY);
-  ASSERT_EQ(nested.array.size(), 3u);
-  EXPECT_EQ(nested.array[0].element_type, ValueType::UINT8);
-  ASSERT_EQ(nested.array[0].array.size(), 2u);
-  EXPECT_EQ(nested.array[0].array[1].u, 2u);
-  EXPECT_EQ(nested.array[1].element_type, ValueType::STRING);
-  EXPECT_TRUE(nested.array[1].array.empty());
-  ASSERT_EQ(nested.array[2].array.size(), 1u);
-  ASSERT_EQ(nested.array[2].array[0].array.size(), 1u);
-  EXPECT_EQ(nested.array[2].array[0].array[0].i, 9);
+  ASSERT_EQ(nested.count, 3u);
+  const std::vector<Value> inner = nested.elements();
+  ASSERT_EQ(inner.size(), 3u);
+  EXPECT_EQ(inner[0].element_type, ValueType::UINT8);
+  ASSERT_EQ(inner[0].count, 2u);
+  EXPECT_EQ(inner[0].elements()[1].u, 2u);
+  EXPECT_EQ(inner[1].element_type, ValueType::STRING);
+  EXPECT_TRUE(inner[1].elements().empty());
+  ASSERT_EQ(inner[2].count, 1u);
+  const std::vector<Value> deepest = inner[2].elements()[0].elements();
+  ASSERT_EQ(deepest.size(), 1u);
+  EXPECT_EQ(deepest[0].i, 9);
   EXPECT_EQ(to_string(nested), "[[1, 2], [], [[9]]]");
 
   // Typed getters.
@@ -205,7 +222,8 @@ TEST(Gguf, GetterConversionsAndErrors) {
   w.kv("f", t::kF32, [](Bytes& b) { b.f32(2.5f); });
   w.kv("big_arr", t::kArr, [](Bytes& b) { b.u32(t::kU64).u64(1).u64(~uint64_t(0)); });
   w.kv_str_array("strs", {"a"});
-  const File f = parse(w.build());
+  const std::vector<uint8_t> bytes = w.build();  // alive while f is: values point into it
+  const File f = parse(bytes);
 
   EXPECT_EQ(f.get_uint("pos"), 12u);  // a non-negative signed value is accepted
   EXPECT_EQ(f.get_int("pos"), 12);
@@ -420,6 +438,15 @@ TEST(Gguf, MetadataErrors) {
     Writer w;
     w.kv("flag", t::kBool, [](Bytes& b) { b.u8(2); });
     EXPECT_ERROR_HAS(w.build(), "metadata key 'flag': BOOL value is 2, expected 0 or 1");
+  }
+  {  // flat arrays stay in the file, so their elements are validated when it is parsed
+    Writer w;
+    w.kv("flags", t::kArr, [](Bytes& b) { b.u32(t::kBool).u64(3).u8(1).u8(0).u8(7); });
+    EXPECT_ERROR_HAS(w.build(), "metadata key 'flags': BOOL element 2 is 7, expected 0 or 1");
+    Writer w2;  // the second string's length runs past the end of the file
+    w2.kv("words", t::kArr,
+          [](Bytes& b) { b.u32(t::kStr).u64(2).u64(1).u8('a').u64(uint64_t(1) << 40); });
+    EXPECT_ERROR_HAS(w2.build(), "metadata key 'words': string element has length 1099511627776");
   }
   {  // arrays nested too deep
     Writer w;
