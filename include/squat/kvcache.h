@@ -28,13 +28,26 @@ class ThreadPool;
 namespace squat::kv {
 
 enum class CacheMethod { F32, F16, Int8, Int4, Kivi, Squat };
+inline constexpr CacheMethod kCacheMethods[] = {CacheMethod::F32,  CacheMethod::F16,
+                                                CacheMethod::Int8, CacheMethod::Int4,
+                                                CacheMethod::Kivi, CacheMethod::Squat};
 enum class KeyRope { Pre, Post };        // keys stored before RoPE (rotated in attention) or after
 enum class QueryRope { After, Before };  // which queries the engine passes to set_queries
 using squat::RopeLayout;                 // rotated pairs: (2i, 2i+1) or (i, i + d/2) (squat/rope.h)
 
+// The method's name as the --kv flag and CacheOptions::method spell it: "f32", "f16", "int8",
+// "int4", "kivi", "squat" (the one place these names are written).
 const char* to_string(CacheMethod m);
-// Parses "f32|f16|int8|int4|kivi|squat"; fail_usage otherwise.
+// Parses one of those names; fail_usage otherwise.
 CacheMethod parse_method(const std::string& s);
+// Full-precision methods (f32, f16) store every token as it comes; the others quantize.
+constexpr bool is_quantized(CacheMethod m) {
+  return m != CacheMethod::F32 && m != CacheMethod::F16;
+}
+// KIVI and SQuat keep the most recent tokens in a full-precision residual window.
+constexpr bool has_residual_window(CacheMethod m) {
+  return m == CacheMethod::Kivi || m == CacheMethod::Squat;
+}
 
 // SQuat's block size g (channels per block of the key quantizer) when the user gives none: the
 // reference's 64 from head_dim 128 on (two or more blocks); below, head_dim/4. With one block
@@ -63,7 +76,7 @@ struct CacheConfig {
   ParamType param_type = ParamType::F16;  // storage of scale and min
   bool residual_f16 = true;               // full-precision window (and F16 method) stored as fp16
 
-  bool quantized() const { return method != CacheMethod::F32 && method != CacheMethod::F16; }
+  bool quantized() const { return is_quantized(method); }
   // Bits actually used for keys / values by the method.
   int key_bits() const;
   int value_bits() const;

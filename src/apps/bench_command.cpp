@@ -68,7 +68,7 @@ ModelOptions method_options(const ModelOptions& base, const std::string& entry) 
   ModelOptions o = base;
   o.command = nullptr;  // the flags were checked against the whole list
   const auto dash = entry.find('-');
-  o.kv = entry.substr(0, dash);
+  o.kv = kv::parse_method(entry.substr(0, dash));
   if (dash != std::string::npos) o.k_bits = o.v_bits = std::stoi(entry.substr(dash + 1));
   return o;
 }
@@ -194,10 +194,10 @@ void bench(const BenchOptions& options) {
   if (options.gen < 1) fail_usage("--gen must be >= 1, got {}", options.gen);
   if (options.repeats < 1) fail_usage("--repeats must be >= 1, got {}", options.repeats);
   if (options.methods.empty()) fail_usage("--kv needs at least one method");
-  std::vector<std::string> bases;
+  std::vector<kv::CacheMethod> bases;
   bool plain_bits = false;  // a plain kivi/squat entry, which takes --k-bits/--v-bits
   for (const std::string& m : options.methods) {
-    bases.push_back(m.substr(0, m.find('-')));
+    bases.push_back(kv::parse_method(m.substr(0, m.find('-'))));
     plain_bits |= m == "kivi" || m == "squat";
   }
   options.model.check_flags(bases);

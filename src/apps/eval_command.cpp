@@ -43,10 +43,10 @@ namespace {
 
 // A label of the cache method and its flags, stored with every result.
 std::string method_label(const ModelOptions& o) {
-  std::string label = o.kv;
-  if (o.kv == "kivi" || o.kv == "squat") {
+  std::string label = kv::to_string(o.kv);
+  if (kv::has_residual_window(o.kv)) {
     label += fmt::format("-k{}v{}-g{}-r{}", o.k_bits, o.v_bits, o.group_size, o.residual_length);
-    if (o.kv == "squat") {
+    if (o.kv == kv::CacheMethod::Squat) {
       label += fmt::format("-d{}-l{}", o.subspace_dim, o.lambda);
       if (o.quant_group_size > 0) label += fmt::format("-qg{}", o.quant_group_size);
     }
@@ -198,7 +198,7 @@ class RecordingCache final : public AttentionCache {
   std::vector<std::vector<float>> keys_, values_;
 };
 
-bool full_precision(const ModelOptions& o) { return o.kv == "f16" || o.kv == "f32"; }
+bool full_precision(const ModelOptions& o) { return !kv::is_quantized(o.kv); }
 
 void eval_gsm8k(const Gsm8kOptions& options) {
   if (options.limit < 1) fail_usage("--limit must be >= 1, got {}", options.limit);
@@ -403,9 +403,10 @@ void eval_gsm8k(const Gsm8kOptions& options) {
       format, method, correct, total, accuracy, lo, hi, results_path);
   if (!options.json_path.empty()) {
     const nlohmann::json summary = {
-        {"task", "gsm8k"},   {"method", method},       {"kv", options.model.kv}, {"format", format},
-        {"problems", total}, {"correct", correct},     {"accuracy", accuracy},   {"wilson_low", lo},
-        {"wilson_high", hi}, {"results", results_path}};
+        {"task", "gsm8k"},        {"method", method},  {"kv", kv::to_string(options.model.kv)},
+        {"format", format},       {"problems", total}, {"correct", correct},
+        {"accuracy", accuracy},   {"wilson_low", lo},  {"wilson_high", hi},
+        {"results", results_path}};
     write_file_atomically(options.json_path, summary.dump(2) + "\n");
   }
 }
@@ -537,10 +538,10 @@ void eval_passkey(const PasskeyOptions& options) {
     fmt::print(" {:>8.3f}\n", double(c) / t);
   }
   if (!options.json_path.empty()) {
-    const nlohmann::json out = {{"task", "passkey"},      {"method", method},
-                                {"kv", options.model.kv}, {"trials", options.trials},
-                                {"seed", options.seed},   {"cells", rows},
-                                {"samples", samples}};
+    const nlohmann::json out = {
+        {"task", "passkey"},        {"method", method},     {"kv", kv::to_string(options.model.kv)},
+        {"trials", options.trials}, {"seed", options.seed}, {"cells", rows},
+        {"samples", samples}};
     write_file_atomically(options.json_path, out.dump(2) + "\n");
   }
 }

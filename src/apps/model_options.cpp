@@ -39,7 +39,7 @@ constexpr MethodFlag kMethodFlags[] = {
 
 kv::CacheConfig ModelOptions::cache_config(int head_dim) const {
   kv::CacheOptions o;
-  o.method = kv;
+  o.method = kv::to_string(kv);
   o.k_bits = k_bits;
   o.v_bits = v_bits;
   o.group_size = group_size;
@@ -83,9 +83,15 @@ void add_model_options(CLI::App& cmd, ModelOptions& options, std::vector<std::st
                                "kivi-8", "squat-2", "squat-4", "squat-8"}))
         ->capture_default_str();
   } else {
-    group->add_option("--kv", options.kv, "Cache method: f32, f16, int8, int4, kivi, squat")
-        ->check(CLI::IsMember({"f32", "f16", "int8", "int4", "kivi", "squat"}))
-        ->capture_default_str();
+    std::vector<std::string> names;
+    for (kv::CacheMethod m : kv::kCacheMethods) names.emplace_back(kv::to_string(m));
+    group
+        ->add_option_function<std::string>(
+            "--kv", [&options](const std::string& name) { options.kv = kv::parse_method(name); },
+            "Cache method: f32, f16, int8, int4, kivi, squat")
+        ->check(CLI::IsMember(names))
+        ->type_name("TEXT")
+        ->default_str(kv::to_string(options.kv));
   }
   group->add_option("--k-bits", options.k_bits, "kivi/squat: bits per key (2, 4 or 8)")
       ->capture_default_str();
@@ -196,28 +202,33 @@ void apply_llama_flags(ModelOptions& options) {
   }
   if (given("--kv")) fail_usage("-ctk/-ctv and --kv both choose the cache method; give one");
   const std::string type = k.empty() ? v : k;
-  options.kv = type == "q8_0" ? "int8" : type == "q4_0" ? "int4" : type;
+  options.kv = type == "q8_0"   ? kv::CacheMethod::Int8
+               : type == "q4_0" ? kv::CacheMethod::Int4
+                                : kv::parse_method(type);
 }
 
-void ModelOptions::check_flags(const std::vector<std::string>& methods) const {
+void ModelOptions::check_flags(const std::vector<kv::CacheMethod>& methods) const {
   if (!command) return;
-  const std::vector<std::string> given = methods.empty() ? std::vector<std::string>{kv} : methods;
+  const std::vector<kv::CacheMethod> given =
+      methods.empty() ? std::vector<kv::CacheMethod>{kv} : methods;
+  std::string list;
+  for (kv::CacheMethod m : given) list += (list.empty() ? "" : ",") + std::string(kv::to_string(m));
   for (const MethodFlag& f : kMethodFlags) {
     if (command->count(f.flag) == 0) continue;
     bool applies = false;
-    for (const std::string& m : given)
-      applies |= (m == "kivi" && f.kivi) || (m == "squat" && f.squat);
+    for (kv::CacheMethod m : given) {
+      applies |= (m == kv::CacheMethod::Kivi && f.kivi) || (m == kv::CacheMethod::Squat && f.squat);
+    }
     if (!applies) {
-      std::string list;
-      for (const std::string& m : given) list += (list.empty() ? "" : ",") + m;
       fail_usage("{} does not apply to --kv {} (it is for {})", f.flag, list,
                  f.kivi ? "kivi and squat" : "squat");
     }
   }
   if (command->count("--group-size") > 0) {
     bool applies = false;
-    for (const std::string& m : given) applies |= m != "f32" && m != "f16";
-    if (!applies) fail_usage("--group-size does not apply to full-precision caches (--kv {})", kv);
+    for (kv::CacheMethod m : given) applies |= kv::is_quantized(m);
+    if (!applies)
+      fail_usage("--group-size does not apply to full-precision caches (--kv {})", list);
   }
   // A loaded subspace was built when it was saved; these flags would be silently ignored.
   if (!load_subspace.empty()) {

@@ -20,7 +20,7 @@ struct ModelOptions {
   int context = 4096;  // tokens the cache holds
   int batch = 512;     // prompt tokens per forward batch; 0: the whole prompt at once
   // KV cache.
-  std::string kv = "f16";
+  kv::CacheMethod kv = kv::CacheMethod::F16;
   int k_bits = 2, v_bits = 2;
   int group_size = 32;
   int residual_length = 32;
@@ -45,7 +45,7 @@ struct ModelOptions {
 
   // Refuses cache flags that the chosen method would ignore, and conflicting flags. With
   // `methods` (bench's list), a flag is accepted when it applies to at least one of them.
-  void check_flags(const std::vector<std::string>& methods = {}) const;
+  void check_flags(const std::vector<kv::CacheMethod>& methods = {}) const;
 
   // The library configuration these flags describe; refuses impossible combinations.
   kv::CacheConfig cache_config(int head_dim) const;

@@ -169,8 +169,8 @@ void report(const PerplexityOptions& options, const RunFacts& run, const Scores&
   const std::size_t scored = scores.nll.size();
   fmt::print(
       "model: {} | kv: {} | {} windows of {} tokens (prefix {}, block {}) | {} scored tokens\n",
-      run.model_name, options.model.kv, run.windows, options.model.context, run.prefix,
-      options.block, scored);
+      run.model_name, kv::to_string(options.model.kv), run.windows, options.model.context,
+      run.prefix, options.block, scored);
   fmt::print(
       "perplexity: {:.4f} +/- {:.4f} | mean NLL {:.5f} | cache {:.2f} bits per element | "
       "{:.1f} s ({:.1f} tokens/s)\n",
@@ -179,7 +179,7 @@ void report(const PerplexityOptions& options, const RunFacts& run, const Scores&
   nlohmann::json out = {
       {"model", run.model_name},
       {"text", options.text_path},
-      {"kv", options.model.kv},
+      {"kv", kv::to_string(options.model.kv)},
       {"k_bits", options.model.k_bits},
       {"v_bits", options.model.v_bits},
       {"subspace_dim", options.model.subspace_dim},

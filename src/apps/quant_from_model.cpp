@@ -115,11 +115,11 @@ struct HeadResult {
 void run_quant_from_model(FromModelOptions o) {
   ModelOptions& mo = o.model;
   const CLI::App& cmd = *mo.command;
-  if (cmd.count("--kv") == 0) mo.kv = "squat";
-  if (mo.kv != "kivi" && mo.kv != "squat") {
+  if (cmd.count("--kv") == 0) mo.kv = kv::CacheMethod::Squat;
+  if (!kv::has_residual_window(mo.kv)) {
     fail_usage(
         "quant --from-model compares KIVI and SQuat keys: --kv must be kivi or squat, got {}",
-        mo.kv);
+        kv::to_string(mo.kv));
   }
   // Only key quantization is analysed; flags about values or the cache's life would be ignored.
   for (const char* flag :

@@ -70,12 +70,11 @@ void report(const GenerationStats& stats, const InferenceContext& context,
              "KV cache ({}): {} tokens, {} = {:.3f} of fp16 ({}), {:.2f} bits per element | "
              "peak RSS {}\n",
              stats.prompt_tokens, stats.prompt_tokens_per_second(), stats.generated_tokens,
-             stats.decode_tokens_per_second(), gen.sampling.seed, options.kv, cache.n_tokens(),
-             human_bytes(cache.bytes()),
+             stats.decode_tokens_per_second(), gen.sampling.seed, kv::to_string(options.kv),
+             cache.n_tokens(), human_bytes(cache.bytes()),
              f16_bytes ? double(cache.bytes()) / double(f16_bytes) : 0.0, human_bytes(f16_bytes),
              cache.bits_per_element(), human_bytes(rss));
-  const bool windowed = options.kv == "kivi" || options.kv == "squat";
-  if (windowed && cache.n_tokens() <= options.residual_length) {
+  if (kv::has_residual_window(options.kv) && cache.n_tokens() <= options.residual_length) {
     fmt::print(stderr,
                "note: all {} tokens are still in the full-precision residual window "
                "(--residual-length {}), so nothing is quantized yet and the cache is as large as "
@@ -84,7 +83,7 @@ void report(const GenerationStats& stats, const InferenceContext& context,
   }
   if (json_path.empty()) return;
   nlohmann::json out = {
-      {"kv", options.kv},
+      {"kv", kv::to_string(options.kv)},
       {"seed", gen.sampling.seed},
       {"prompt_tokens", stats.prompt_tokens},
       {"generated_tokens", stats.generated_tokens},

@@ -105,7 +105,7 @@ void serve(const ServeOptions& options) {
     fail_usage(
         "--kv-budget {} admits no sequence: the smallest (a 1-token prompt and 1 token "
         "out) needs {:.2f} MiB with --kv {}; give at least that",
-        options.kv_budget, double(smallest) / double(1 << 20), mo.kv);
+        options.kv_budget, double(smallest) / double(1 << 20), kv::to_string(mo.kv));
   }
   const Model& m = *model;
   server::CacheFactory caches = [&m, &mo, rope_table](int capacity) {
@@ -143,8 +143,8 @@ void serve(const ServeOptions& options) {
              "squat serve: {} with --kv {} ({}); cache per sequence {:.1f} KiB per token + "
              "{:.2f} MiB (32-token prompt) to {:.2f} MiB ({}-token prompt chunk); budget {:.1f} "
              "MiB, at most {} sequences, queue {}\n",
-             ho.model_id, mo.kv, cache_config.describe(), footprint.per_token_bytes / 1024.0,
-             double(footprint.fixed_bytes(32)) / mib,
+             ho.model_id, kv::to_string(mo.kv), cache_config.describe(),
+             footprint.per_token_bytes / 1024.0, double(footprint.fixed_bytes(32)) / mib,
              double(footprint.fixed_bytes(so.prefill_chunk)) / mib, so.prefill_chunk,
              double(budget) / mib, options.max_seqs, options.queue);
   fmt::print(stderr, "squat serve: listening on http://{}:{}\n", options.host, port);

@@ -35,8 +35,7 @@ const char* to_string(CacheMethod m) {
 }
 
 CacheMethod parse_method(const std::string& s) {
-  for (CacheMethod m : {CacheMethod::F32, CacheMethod::F16, CacheMethod::Int8, CacheMethod::Int4,
-                        CacheMethod::Kivi, CacheMethod::Squat}) {
+  for (CacheMethod m : kCacheMethods) {
     if (s == to_string(m)) return m;
   }
   fail_usage("unknown KV cache method '{}' (expected f32, f16, int8, int4, kivi or squat)", s);
