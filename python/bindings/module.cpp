@@ -25,8 +25,8 @@
 #include "model/fingerprint.h"
 #include "model/model.h"
 #include "model/sampler.h"
+#include "model/stop_filter.h"
 #include "model/store_cache.h"
-#include "server/stop_filter.h"
 #include "squat/kv_quant.h"
 #include "squat/kvcache.h"
 #include "tokenizer/tokenizer.h"
@@ -592,9 +592,9 @@ NB_MODULE(_squat, m) {
       .def("observe", &PySampler::observe, "tokens"_a)
       .def("sample", &PySampler::sample, "logits"_a);
 
-  nb::class_<squat::server::StopFilter>(m, "StopFilter")
+  nb::class_<squat::StopFilter>(m, "StopFilter")
       .def(nb::init<std::vector<std::string>>(), "stops"_a)
-      .def("add", &squat::server::StopFilter::add, "text"_a)
-      .def("finish", &squat::server::StopFilter::finish)
-      .def_prop_ro("stopped", &squat::server::StopFilter::stopped);
+      .def("add", &squat::StopFilter::add, "text"_a)
+      .def("finish", &squat::StopFilter::finish)
+      .def_prop_ro("stopped", &squat::StopFilter::stopped);
 }

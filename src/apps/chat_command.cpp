@@ -21,7 +21,7 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "model/generate.h"
-#include "server/stop_filter.h"
+#include "model/stop_filter.h"
 #include "tokenizer/unicode.h"
 
 namespace squat::apps {
@@ -287,7 +287,7 @@ class Chat {
     if (options_.verbose_prompt) print_prompt_tokens(tokenizer, prompt);
     const int cached_before = context.n_past();
 
-    server::StopFilter filter(options_.stop);
+    StopFilter filter(options_.stop);
     std::string reply;
     std::vector<int32_t> accepted;  // reply tokens streamed (all but possibly the last are fed)
     bool interrupted = false;

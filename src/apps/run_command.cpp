@@ -14,7 +14,7 @@
 #include "core/files.h"
 #include "core/process_memory.h"
 #include "model/generate.h"
-#include "server/stop_filter.h"
+#include "model/stop_filter.h"
 #include "tokenizer/unicode.h"
 
 namespace squat::apps {
@@ -30,8 +30,7 @@ struct RunOptions {
   bool display_prompt = true;
 };
 
-// Streams generated text to stdout and ends generation at a stop string; the server's
-// StopFilter holds back text that could be the start of one, so a stop string is never printed.
+// Streams generated text to stdout and ends generation at a stop string; StopFilter holds back text that could be the start of one, so a stop string is never printed.
 class StopStreamer {
  public:
   explicit StopStreamer(const std::vector<std::string>& stops) : filter_(stops) {}
@@ -52,7 +51,7 @@ class StopStreamer {
     std::fflush(stdout);
     at_line_start_ = text.back() == '\n';
   }
-  server::StopFilter filter_;
+  StopFilter filter_;
   bool at_line_start_ = true;
 };
 

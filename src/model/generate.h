@@ -1,4 +1,6 @@
-// The generation loop shared by the command line, the evaluators and the server.
+// The generation loop of one sequence, shared by `squat run`, `squat chat` and the pass-key
+// evaluator. Batches of sequences (the server's scheduler, the GSM8K evaluator) step through
+// model/batch_decode.h instead; stop strings for all of them are model/stop_filter.h.
 #pragma once
 
 #include <cstdint>

@@ -5,8 +5,8 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "model/stop_filter.h"
 #include "server/request.h"
-#include "server/stop_filter.h"
 
 namespace squat::server {
 

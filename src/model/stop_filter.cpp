@@ -1,8 +1,8 @@
-#include "server/stop_filter.h"
+#include "model/stop_filter.h"
 
 #include <algorithm>
 
-namespace squat::server {
+namespace squat {
 
 std::string StopFilter::add(const std::string& text) {
   if (stopped_) return {};
@@ -37,4 +37,4 @@ std::string StopFilter::finish() {
   return out;
 }
 
-}  // namespace squat::server
+}  // namespace squat

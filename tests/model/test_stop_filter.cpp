@@ -2,9 +2,9 @@
 // a stop string is ever sent.
 #include <gtest/gtest.h>
 
-#include "server/stop_filter.h"
+#include "model/stop_filter.h"
 
-namespace squat::server {
+namespace squat {
 namespace {
 
 std::string run(const std::vector<std::string>& stops, const std::vector<std::string>& pieces,
@@ -50,4 +50,4 @@ TEST(StopFilter, NothingAfterTheStop) {
 }
 
 }  // namespace
-}  // namespace squat::server
+}  // namespace squat

@@ -1,11 +1,11 @@
-// Ends generated text at the first stop string. Text that could be the start of a stop string
+// Ends generated text at the first stop string (run, chat and the server's scheduler use it). Text that could be the start of a stop string
 // is held back until it is known not to be one, so a client never sees any part of it.
 #pragma once
 
 #include <string>
 #include <vector>
 
-namespace squat::server {
+namespace squat {
 
 class StopFilter {
  public:
@@ -24,4 +24,4 @@ class StopFilter {
   bool stopped_ = false;
 };
 
-}  // namespace squat::server
+}  // namespace squat
