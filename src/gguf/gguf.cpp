@@ -184,8 +184,22 @@ const char* value_type_name(ValueType type) {
 }
 
 namespace {
-// Decodes one element of a flat array (type is not ARRAY) at `p`, which the parser validated,
-// and moves `p` past it.
+// Checks that a scalar or string of `type` (not ARRAY) starts at the reader's position (the
+// file holds its bytes, a BOOL is 0 or 1) and moves past it; `what` ("INT32 value", "STRING
+// element") names it in errors. decode_element then reads it without checks.
+void check_scalar(Reader& r, ValueType type, const std::string& what) {
+  if (type == ValueType::STRING) {
+    r.read_string_view(what.c_str());
+  } else if (type == ValueType::BOOL) {
+    const uint8_t b = r.read<uint8_t>(what.c_str());
+    if (b > 1) r.error("{} is {}, expected 0 or 1", what, b);
+  } else {
+    r.skip(min_value_bytes(type), what.c_str());  // the exact size of a number
+  }
+}
+
+// Decodes one scalar or string (type is not ARRAY) at `p`, which check_scalar validated, and
+// moves `p` past it.
 Value decode_element(ValueType type, const uint8_t*& p) {
   const auto load = [&p]<typename T>(T value) {
     std::memcpy(&value, p, sizeof(T));  // little-endian host, as in Reader::read
@@ -331,83 +345,35 @@ Value File::Impl::parse_value(Reader& r, ValueType type, int depth) {
     r.error("metadata holds more than {} values; this is not a model file squat can read",
             kMaxValues);
   }
+  if (type != ValueType::ARRAY) {
+    const uint8_t* at = r.here();
+    check_scalar(r, type, fmt::format("{} value", value_type_name(type)));
+    return decode_element(type, at);
+  }
+  if (depth >= kMaxArrayDepth) r.error("arrays are nested more than {} deep", kMaxArrayDepth);
   Value v;
   v.type = type;
-  switch (type) {
-    case ValueType::UINT8:
-      v.u = r.read<uint8_t>("UINT8 value");
-      break;
-    case ValueType::INT8:
-      v.i = r.read<int8_t>("INT8 value");
-      break;
-    case ValueType::UINT16:
-      v.u = r.read<uint16_t>("UINT16 value");
-      break;
-    case ValueType::INT16:
-      v.i = r.read<int16_t>("INT16 value");
-      break;
-    case ValueType::UINT32:
-      v.u = r.read<uint32_t>("UINT32 value");
-      break;
-    case ValueType::INT32:
-      v.i = r.read<int32_t>("INT32 value");
-      break;
-    case ValueType::UINT64:
-      v.u = r.read<uint64_t>("UINT64 value");
-      break;
-    case ValueType::INT64:
-      v.i = r.read<int64_t>("INT64 value");
-      break;
-    case ValueType::FLOAT32:
-      v.f = r.read<float>("FLOAT32 value");
-      break;
-    case ValueType::FLOAT64:
-      v.f = r.read<double>("FLOAT64 value");
-      break;
-    case ValueType::BOOL: {
-      const uint8_t b = r.read<uint8_t>("BOOL value");
-      if (b > 1) r.error("BOOL value is {}, expected 0 or 1", b);
-      v.b = b != 0;
-      break;
-    }
-    case ValueType::STRING:
-      v.s = r.read_string("string value");
-      break;
-    case ValueType::ARRAY: {
-      if (depth >= kMaxArrayDepth) r.error("arrays are nested more than {} deep", kMaxArrayDepth);
-      const uint32_t et = r.read<uint32_t>("array element type");
-      if (!known_value_type(et)) r.error("array has unknown element type {}", et);
-      v.element_type = ValueType(et);
-      const uint64_t count = r.read<uint64_t>("array count");
-      // Each element takes at least min_value_bytes, so a larger count cannot fit in the file.
-      const std::size_t min_bytes = min_value_bytes(v.element_type);
-      if (count > r.remaining() / min_bytes) {
-        r.error("array count {} of {} needs at least {} bytes each but only {} bytes remain", count,
-                value_type_name(v.element_type), min_bytes, r.remaining());
-      }
-      v.count = count;
-      if (v.element_type == ValueType::ARRAY) {
-        v.array.reserve(std::size_t(count));
-        for (uint64_t k = 0; k < count; ++k) {
-          v.array.push_back(parse_value(r, v.element_type, depth + 1));
-        }
-        break;
-      }
-      // Flat: validated here, left in the file, decoded by Value::elements and the getters.
-      v.encoded = r.here();
-      if (v.element_type == ValueType::STRING) {
-        for (uint64_t k = 0; k < count; ++k) r.read_string_view("string element");
-      } else if (v.element_type == ValueType::BOOL) {
-        for (uint64_t k = 0; k < count; ++k) {
-          const uint8_t b = r.read<uint8_t>("BOOL element");
-          if (b > 1) r.error("BOOL element {} is {}, expected 0 or 1", k, b);
-        }
-      } else {  // count <= remaining / size was checked above, so this cannot overflow
-        r.skip(std::size_t(count) * min_value_bytes(v.element_type), "array elements");
-      }
-      break;
-    }
+  const uint32_t et = r.read<uint32_t>("array element type");
+  if (!known_value_type(et)) r.error("array has unknown element type {}", et);
+  v.element_type = ValueType(et);
+  const uint64_t count = r.read<uint64_t>("array count");
+  // Each element takes at least min_value_bytes, so a larger count cannot fit in the file.
+  const std::size_t min_bytes = min_value_bytes(v.element_type);
+  if (count > r.remaining() / min_bytes) {
+    r.error("array count {} of {} needs at least {} bytes each but only {} bytes remain", count,
+            value_type_name(v.element_type), min_bytes, r.remaining());
   }
+  v.count = count;
+  if (v.element_type == ValueType::ARRAY) {
+    v.array.reserve(std::size_t(count));
+    for (uint64_t k = 0; k < count; ++k)
+      v.array.push_back(parse_value(r, v.element_type, depth + 1));
+    return v;
+  }
+  // Flat: validated here, left in the file, decoded by Value::elements and the getters.
+  v.encoded = r.here();
+  const std::string what = fmt::format("{} element", value_type_name(v.element_type));
+  for (uint64_t k = 0; k < count; ++k) check_scalar(r, v.element_type, what);
   return v;
 }
 

@@ -414,7 +414,7 @@ TEST(Gguf, MetadataErrors) {
     Writer::Layout l;
     auto bytes = w.build(&l);
     patch<uint64_t>(bytes, l.kv_start + 8 + 4 + 4, ~uint64_t(0) - 3);
-    EXPECT_ERROR_HAS(bytes, "metadata key 'name': string value has length 18446744073709551612");
+    EXPECT_ERROR_HAS(bytes, "metadata key 'name': STRING value has length 18446744073709551612");
   }
   {  // huge array counts, flat and nested, of fixed-size and string elements
     for (uint32_t et : {t::kU8, t::kU64, t::kStr, t::kArr}) {
@@ -442,11 +442,11 @@ TEST(Gguf, MetadataErrors) {
   {  // flat arrays stay in the file, so their elements are validated when it is parsed
     Writer w;
     w.kv("flags", t::kArr, [](Bytes& b) { b.u32(t::kBool).u64(3).u8(1).u8(0).u8(7); });
-    EXPECT_ERROR_HAS(w.build(), "metadata key 'flags': BOOL element 2 is 7, expected 0 or 1");
+    EXPECT_ERROR_HAS(w.build(), "metadata key 'flags': BOOL element is 7, expected 0 or 1");
     Writer w2;  // the second string's length runs past the end of the file
     w2.kv("words", t::kArr,
           [](Bytes& b) { b.u32(t::kStr).u64(2).u64(1).u8('a').u64(uint64_t(1) << 40); });
-    EXPECT_ERROR_HAS(w2.build(), "metadata key 'words': string element has length 1099511627776");
+    EXPECT_ERROR_HAS(w2.build(), "metadata key 'words': STRING element has length 1099511627776");
   }
   {  // arrays nested too deep
     Writer w;
