@@ -42,8 +42,11 @@ with tempfile.TemporaryDirectory() as out:
     assert (q.ppl_chunks, q.gsm8k_limit, q.passkey_trials) == (16, 200, 3)
     assert q.passkey_lengths == "2048,4096,8192,16384"
     assert q.model.endswith("Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf")
-    assert args("--model", "qwen2.5-coder-1.5b", "--render-only").out == \
-        os.path.expanduser("~/.cache/squat/quality-qwen")
+    default = args("--model", "qwen2.5-coder-1.5b", "--render-only")
+    assert default.out == os.path.join(qr.ROOT, "docs", "measurements", "quality-qwen2.5-coder-1.5b")
+    assert default.scratch == os.path.expanduser("~/.cache/squat/quality-qwen"), \
+        "the 5 GB fp16 logits and the logs are not committed"
+    assert q.scratch == out, "--out holds everything"
     with open(os.path.join(out, f"diag-prompt-{q.diag_chars}.txt"), "w") as f:
         f.write("x")
     methods = [(m, qr.with_pin(f, q.profile["pin"])) for m, f in qr.METHODS]
