@@ -66,8 +66,9 @@ void rope_lane_table(const float* inv_freq, std::size_t half, std::size_t G, flo
 // Scratch floats fused_block needs.
 std::size_t fused_work_floats(std::size_t nb, std::size_t d, std::size_t G);
 // Online-softmax update of `rows` query rows over the block: q[r] is a query (d floats, rotated),
-// vis[r] (<= nb) the block tokens it sees (0: untouched), part[r] = (max, sum, acc[d]) as in
-// the store. Returns false (doing nothing) when the shape does not suit the vector width.
+// vis[r] (<= nb) the block tokens it sees (0: untouched), part[r] = (max, sum, acc[d]), the
+// layout of kvcache/softmax_partials.h (as are the `part` rows of the kernels below). Returns
+// false (doing nothing) when the shape does not suit the vector width.
 bool fused_block(const FusedBlock& b, const float* const* q, const std::size_t* vis,
                  std::size_t rows, float scale, float* const* part, float* work);
 

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "kvcache/layer_cache_impl.h"
+#include "kvcache/softmax_partials.h"
 
 namespace squat::kv {
 
@@ -89,15 +90,6 @@ void LayerCache::Impl::load_values(int h, std::size_t t0, std::size_t nb, float*
 
 namespace {
 
-// Empty online-softmax partials: per row max = -inf, then sum and accumulator zero.
-void reset_partials(float* part, std::size_t rows, std::size_t stride) {
-  for (std::size_t row = 0; row < rows; ++row) {
-    float* p = part + row * stride;
-    p[0] = -std::numeric_limits<float>::infinity();
-    std::fill(p + 1, p + stride, 0.0f);
-  }
-}
-
 // Per-thread attention scratch: token blocks of keys/values as floats, logits, dequantization
 // parameters, and (on the calling thread) the partials of all tasks.
 struct AttnScratch {
@@ -131,29 +123,6 @@ constexpr std::size_t kSplitTokens = 128;    // shortest token range of a task
 constexpr std::size_t kMaxSplits = 16;       // token ranges per KV head at most
 constexpr std::size_t kSplitMaxQueries = 4;  // more queries (prefill): tiles (attend_tiles)
 constexpr std::size_t kTileRows = 48;        // prefill: query rows (queries x group heads) per task
-
-// Merges n partials (m, l, acc[D]) spaced `stride` floats apart into o[D]; returns the log of
-// the merged denominator, M + log L (-inf when no partial saw a key).
-float merge_partials(const float* part, std::size_t n, std::size_t stride, std::size_t D,
-                     float* o) {
-  float M = -std::numeric_limits<float>::infinity();
-  for (std::size_t j = 0; j < n; ++j) {
-    if (part[j * stride + 1] > 0.0f) M = std::max(M, part[j * stride]);
-  }
-  std::fill(o, o + D, 0.0f);
-  if (M == -std::numeric_limits<float>::infinity()) return M;  // sees no key: zeros
-  float L = 0.0f;
-  for (std::size_t j = 0; j < n; ++j) {
-    const float* p = part + j * stride;
-    if (!(p[1] > 0.0f)) continue;
-    const float w = std::exp(p[0] - M);
-    L += w * p[1];
-    for (std::size_t c = 0; c < D; ++c) o[c] += w * p[2 + c];
-  }
-  const float inv = 1.0f / L;
-  for (std::size_t c = 0; c < D; ++c) o[c] *= inv;
-  return M + std::log(L);
-}
 
 }  // namespace
 
@@ -190,7 +159,7 @@ void LayerCache::Impl::fused_setup(int h, std::size_t b0, std::size_t nb, simd::
 void LayerCache::Impl::attend_range(int h, const float* q, std::size_t n_q, int n_heads,
                                     const int* q_pos, std::size_t t0, std::size_t t1,
                                     float* part) const {
-  const std::size_t Dd = D(), stride = Dd + 2;
+  const std::size_t Dd = D(), stride = softmax_partial_stride(Dd);
   const int n_rep = n_heads / n_kv;
   const std::size_t rows = n_q * std::size_t(n_rep);
   const float scale = 1.0f / std::sqrt(float(d));
@@ -264,7 +233,7 @@ void LayerCache::Impl::attend_range(int h, const float* q, std::size_t n_q, int 
 
 void LayerCache::Impl::attend_tiles(int h, const float* q, std::size_t i0, std::size_t i1,
                                     int n_heads, const int* q_pos, float* out, float* lse) const {
-  const std::size_t Dd = D(), stride = Dd + 2, B = block();
+  const std::size_t Dd = D(), stride = softmax_partial_stride(Dd), B = block();
   const std::size_t n_rep = std::size_t(n_heads / n_kv), rows = (i1 - i0) * n_rep;
   // Key blocks of the decode path's block length: the same online-softmax steps, so the same
   // bits as tokens fed one at a time (while decode does not split the tokens).
@@ -357,7 +326,7 @@ void LayerCache::attend_head(int kv_head, const float* q, std::size_t n_q, int n
                              const int* q_pos, float* out) const {
   const Impl& m = *impl_;
   m.check_query_heads(n_heads);
-  const std::size_t D = m.D(), stride = D + 2;
+  const std::size_t D = m.D(), stride = softmax_partial_stride(D);
   const int n_rep = n_heads / m.n_kv;
   const std::size_t rows = n_q * std::size_t(n_rep);
   AttnScratch& sc = attn_scratch();
@@ -378,7 +347,7 @@ void LayerCache::attend(const float* q, std::size_t n_q, int n_heads, const int*
   const Impl& m = *impl_;
   m.check_query_heads(n_heads);
   if (n_q == 0) return;
-  const std::size_t D = m.D(), stride = D + 2, B = m.block();
+  const std::size_t D = m.D(), stride = softmax_partial_stride(D), B = m.block();
   const int n_rep = n_heads / m.n_kv;
   if (n_q > kSplitMaxQueries) {
     // Prefill: tasks (KV head, block of queries), each writing its own output rows, handed

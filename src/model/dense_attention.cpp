@@ -8,6 +8,7 @@
 
 #include "core/thread_pool.h"
 #include "kvcache/simd.h"
+#include "kvcache/softmax_partials.h"
 
 namespace squat {
 
@@ -39,7 +40,7 @@ void causal_attention(const KvShape& shape, const float* q, int n_q, int q_first
   const auto d = std::size_t(shape.head_dim);
   const auto n_heads = std::size_t(shape.n_heads), n_kv = std::size_t(shape.n_kv_heads);
   const std::size_t n_rep = n_heads / n_kv;
-  const std::size_t kv_stride = n_kv * d, stride = d + 2;
+  const std::size_t kv_stride = n_kv * d, stride = kv::softmax_partial_stride(d);
   const float scale = 1.0f / std::sqrt(float(shape.head_dim));
   const std::size_t qb = std::max<std::size_t>(1, kTileRows / n_rep);  // queries per task
   const std::size_t n_blocks = (std::size_t(n_q) + qb - 1) / qb;
@@ -67,11 +68,7 @@ void causal_attention(const KvShape& shape, const float* q, int n_q, int q_first
         std::copy(src, src + d, dst);
       }
     }
-    for (std::size_t row = 0; row < rows; ++row) {
-      float* p = sc.part.data() + row * stride;
-      p[0] = -std::numeric_limits<float>::infinity();
-      std::fill(p + 1, p + stride, 0.0f);
-    }
+    kv::reset_partials(sc.part.data(), rows, stride);
     std::size_t limit = 0;
     for (std::size_t i = i0; i < i1; ++i) limit = std::max(limit, visible(i));
     // Two passes over the key tiles: the rows' max, then weights and values against it.
@@ -91,16 +88,11 @@ void causal_attention(const KvShape& shape, const float* q, int n_q, int q_first
     }
     for (std::size_t i = i0; i < i1; ++i) {
       for (std::size_t r = 0; r < n_rep; ++r) {
+        // A query that sees no key (a row that stayed empty) gets zeros and -inf.
         const float* p = sc.part.data() + ((i - i0) * n_rep + r) * stride;
-        float* o = out + (i * n_heads + g * n_rep + r) * d;
-        if (visible(i) == 0) {
-          std::fill(o, o + d, 0.0f);
-          if (lse) lse[i * n_heads + g * n_rep + r] = -std::numeric_limits<float>::infinity();
-          continue;
-        }
-        if (lse) lse[i * n_heads + g * n_rep + r] = p[0] + std::log(p[1]);
-        const float inv = 1.0f / p[1];
-        for (std::size_t c = 0; c < d; ++c) o[c] = p[2 + c] * inv;
+        const float l =
+            kv::merge_partials(p, 1, stride, d, out + (i * n_heads + g * n_rep + r) * d);
+        if (lse) lse[i * n_heads + g * n_rep + r] = l;
       }
     }
   };
