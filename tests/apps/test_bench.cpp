@@ -14,23 +14,14 @@
 
 #include "gguf/gguf.h"
 #include "run_shell.h"
+#include "test_files.h"
 
 namespace {
 
+using squat::testing::read_json;
+using squat::testing::temp_path;
+
 using squat::testing::run_squat;
-
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() /
-          ("squat_bench_" + std::to_string(getpid()) + "_" + name))
-      .string();
-}
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return nlohmann::json::parse(s.str());
-}
 
 // What one decode step reads of the weights: every projection matrix of every layer, the
 // output matrix (the token embedding when tied) and one row of the token embedding.

@@ -18,8 +18,12 @@
 
 #include "run_shell.h"
 #include "squat/kv_quant.h"
+#include "test_files.h"
 
 namespace {
+
+using squat::testing::read_file;
+using squat::testing::temp_path;
 
 // SmolLM2-135M: 30 layers, 3 KV heads of 64 channels.
 constexpr std::size_t kLayers = 30, kKvHeads = 3, kDim = 64, kVocab = 49152;
@@ -29,20 +33,6 @@ struct Result {
   std::string out;  // stdout
   std::string err;  // stderr
 };
-
-// Per process: ctest may run the cases of this file in parallel.
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() /
-          ("squat_cache_flags_" + std::to_string(getpid()) + "_" + name))
-      .string();
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 Result squat(const std::string& args) {
   const std::string err_path = temp_path("stderr.txt");

@@ -15,16 +15,14 @@
 #include <vector>
 
 #include "child_process.h"
+#include "test_files.h"
 
 namespace {
 
-using squat::testing::ChildProcess;
+using squat::testing::read_json;
+using squat::testing::temp_path;
 
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() /
-          ("squat_chat_" + std::to_string(getpid()) + "_" + name))
-      .string();
-}
+using squat::testing::ChildProcess;
 
 std::vector<std::string> chat_args(const std::vector<std::string>& extra) {
   std::vector<std::string> args{std::string(SQUAT_BINARY_DIR) + "/squat",
@@ -75,13 +73,6 @@ std::vector<PromptBlock> prompt_blocks(const std::string& output) {
     blocks.push_back(block);
   }
   return blocks;
-}
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return nlohmann::json::parse(s.str());
 }
 
 // Runs a chat on the given input (stdin closed after it) and returns its output and status.

@@ -12,15 +12,14 @@
 
 #include "gguf/gguf.h"
 #include "run_shell.h"
+#include "test_files.h"
 
 namespace {
 
+using squat::testing::temp_path;
+
 using squat::testing::run_squat;
 using Result = squat::testing::ShellResult;
-
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("squat_cli_" + name)).string();
-}
 
 void write_bytes(const std::string& path, const std::vector<char>& bytes) {
   std::ofstream(path, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));

@@ -9,8 +9,12 @@
 #include <string>
 
 #include "run_shell.h"
+#include "test_files.h"
 
 namespace {
+
+using squat::testing::read_json;
+using squat::testing::temp_path;
 
 using squat::testing::run_shell;
 using squat::testing::run_squat;
@@ -18,15 +22,6 @@ using Result = squat::testing::ShellResult;
 
 const std::string kModel = SQUAT_LARGE_TEST_MODEL;
 const std::string kData = SQUAT_SHARED_DATA;
-
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("squat_large_" + name)).string();
-}
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
-}
 
 class LargeModel : public ::testing::Test {
  protected:

@@ -14,16 +14,13 @@
 #include <string>
 
 #include "run_shell.h"
+#include "test_files.h"
 
 namespace {
 
-using squat::testing::run_squat;
+using squat::testing::temp_path;
 
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() /
-          ("squat_peak_memory_" + std::to_string(getpid()) + "_" + name))
-      .string();
-}
+using squat::testing::run_squat;
 
 // About `lines` * 22 tokens of varied text (digits are single tokens).
 std::string write_prompt(int lines) {

@@ -12,8 +12,12 @@
 #include <string>
 
 #include "run_shell.h"
+#include "test_files.h"
 
 namespace {
+
+using squat::testing::read_json;
+using squat::testing::temp_path;
 
 using squat::testing::run_squat;
 
@@ -23,15 +27,6 @@ squat::testing::ShellResult run_squat_env(const std::string& env, const std::str
                                    " 2>&1");
 }
 using Result = squat::testing::ShellResult;
-
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("squat_quality_" + name)).string();
-}
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
-}
 
 const std::string kModel = SQUAT_TEST_MODEL;
 const std::string kText = std::string(SQUAT_SHARED_DATA) + "/wikitext-2-test.txt";

@@ -10,8 +10,11 @@
 
 #include "core/npy.h"
 #include "run_shell.h"
+#include "test_files.h"
 
 namespace {
+
+using squat::testing::read_json;
 
 using squat::testing::run_squat;
 using Result = squat::testing::ShellResult;
@@ -35,11 +38,6 @@ std::string prompt_file(const fs::path& dir, std::size_t chars) {
   const std::string path = (dir / "prompt.txt").string();
   std::ofstream(path, std::ios::binary) << text;
   return path;
-}
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
 }
 
 double metric(const std::string& out, const std::string& label) {

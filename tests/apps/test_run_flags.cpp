@@ -14,17 +14,15 @@
 #include <string>
 
 #include "run_shell.h"
+#include "test_files.h"
 
 namespace {
 
+using squat::testing::read_json;
+using squat::testing::temp_path;
+
 using squat::testing::run_squat;
 using Result = squat::testing::ShellResult;
-
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() /
-          ("squat_run_flags_" + std::to_string(getpid()) + "_" + name))
-      .string();
-}
 
 std::string model_run(const std::string& args) {
   return std::string("run -m ") + SQUAT_TEST_MODEL + " -t 2 " + args;
@@ -45,13 +43,6 @@ bool verbose_prompt(const std::string& output, std::vector<int>& ids, std::strin
     text += nlohmann::json::parse(m[2].str()).get<std::string>();
   }
   return true;
-}
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return nlohmann::json::parse(s.str());
 }
 
 // Issue 14: a run whose prompt and output fill the context is an error (exit 1), as the README
