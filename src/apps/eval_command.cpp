@@ -159,10 +159,10 @@ std::string gsm8k_cut(std::string text) {
 // prompt prefix computed once can be replayed into fresh caches. Only for full-precision caches:
 // they store exactly what they are given and their attention reads the store, so a replayed
 // prefix followed by the rest of the prompt computes what one prefill of the whole prompt does.
-class RecordingCache final : public AttentionCache {
+class RecordingCache final : public ForwardingCache {
  public:
   RecordingCache(std::unique_ptr<AttentionCache> inner, const KvShape& shape)
-      : inner_(std::move(inner)),
+      : ForwardingCache(std::move(inner)),
         row_(std::size_t(shape.n_kv_heads) * std::size_t(shape.head_dim)),
         keys_(std::size_t(shape.n_layers)),
         values_(std::size_t(shape.n_layers)) {}
@@ -173,15 +173,6 @@ class RecordingCache final : public AttentionCache {
     values.insert(values.end(), v, v + std::size_t(n) * row_);
     inner_->append(layer, k, v, n);
   }
-  void attend(int layer, const float* q, int n, int first_pos, float* out,
-              ThreadPool& pool) override {
-    inner_->attend(layer, q, n, first_pos, out, pool);
-  }
-  void finish_prompt() override { inner_->finish_prompt(); }
-  int n_tokens() const override { return inner_->n_tokens(); }
-  int capacity() const override { return inner_->capacity(); }
-  std::size_t bytes() const override { return inner_->bytes(); }
-  double bits_per_element() const override { return inner_->bits_per_element(); }
   void clear() override { fail("a recorded prompt prefix cannot be cleared"); }
 
   // Feeds the recorded tokens to `cache` (which must be empty) in the order they came.
@@ -193,7 +184,6 @@ class RecordingCache final : public AttentionCache {
   }
 
  private:
-  std::unique_ptr<AttentionCache> inner_;
   std::size_t row_;
   std::vector<std::vector<float>> keys_, values_;
 };

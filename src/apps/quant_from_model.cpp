@@ -49,10 +49,10 @@ namespace {
 
 // Wraps the cache the run uses and keeps a copy of every layer's raw keys and of the queries
 // (the model hands them over only when a cache asks, so this one always asks).
-class CaptureCache final : public AttentionCache {
+class CaptureCache final : public ForwardingCache {
  public:
   CaptureCache(std::unique_ptr<AttentionCache> inner, const KvShape& shape)
-      : inner_(std::move(inner)),
+      : ForwardingCache(std::move(inner)),
         shape_(shape),
         keys_(std::size_t(shape.n_layers)),
         q_before_(std::size_t(shape.n_layers)),
@@ -75,16 +75,6 @@ class CaptureCache final : public AttentionCache {
     dst.insert(dst.end(), k, k + std::size_t(n) * std::size_t(shape_.n_kv_heads * shape_.head_dim));
     inner_->append(layer, k, v, n);
   }
-  void attend(int layer, const float* q, int n, int first_pos, float* out,
-              ThreadPool& pool) override {
-    inner_->attend(layer, q, n, first_pos, out, pool);
-  }
-  void finish_prompt() override { inner_->finish_prompt(); }
-  int n_tokens() const override { return inner_->n_tokens(); }
-  int capacity() const override { return inner_->capacity(); }
-  std::size_t bytes() const override { return inner_->bytes(); }
-  double bits_per_element() const override { return inner_->bits_per_element(); }
-  void clear() override { inner_->clear(); }
 
   // [tokens, n_kv_heads, head_dim] and [tokens, n_heads, head_dim] per layer.
   const std::vector<float>& keys(int layer) const { return keys_[std::size_t(layer)]; }
@@ -93,7 +83,6 @@ class CaptureCache final : public AttentionCache {
   }
 
  private:
-  std::unique_ptr<AttentionCache> inner_;
   KvShape shape_;
   std::vector<std::vector<float>> keys_, q_before_, q_after_;
 };

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <vector>
 
 namespace squat {
@@ -59,6 +60,36 @@ class AttentionCache {
   // Stored bits per cached key or value element (bytes()*8 / elements); 0 when empty.
   virtual double bits_per_element() const = 0;
   virtual void clear() = 0;
+};
+
+// A cache that hands every call to another one: a base for wrappers that watch what the model
+// gives the cache (the GSM8K prefix recorder, quant --from-model's capture) and override only
+// the calls they watch.
+class ForwardingCache : public AttentionCache {
+ public:
+  explicit ForwardingCache(std::unique_ptr<AttentionCache> inner) : inner_(std::move(inner)) {}
+
+  bool wants_queries(int layer) const override { return inner_->wants_queries(layer); }
+  void observe_queries(int layer, const float* q_before_rope, const float* q_after_rope, int n,
+                       ThreadPool& pool) override {
+    inner_->observe_queries(layer, q_before_rope, q_after_rope, n, pool);
+  }
+  void append(int layer, const float* k, const float* v, int n) override {
+    inner_->append(layer, k, v, n);
+  }
+  void attend(int layer, const float* q, int n, int first_pos, float* out,
+              ThreadPool& pool) override {
+    inner_->attend(layer, q, n, first_pos, out, pool);
+  }
+  void finish_prompt() override { inner_->finish_prompt(); }
+  int n_tokens() const override { return inner_->n_tokens(); }
+  int capacity() const override { return inner_->capacity(); }
+  std::size_t bytes() const override { return inner_->bytes(); }
+  double bits_per_element() const override { return inner_->bits_per_element(); }
+  void clear() override { inner_->clear(); }
+
+ protected:
+  std::unique_ptr<AttentionCache> inner_;
 };
 
 }  // namespace squat
