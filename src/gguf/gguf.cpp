@@ -571,6 +571,17 @@ File File::open(const std::string& path) {
   return File(std::move(impl));
 }
 
+void File::release_pages(const uint8_t* data, std::size_t bytes) const {
+  if (!impl_->map || bytes == 0) return;
+  const auto base = reinterpret_cast<uintptr_t>(impl_->map);
+  const auto begin = reinterpret_cast<uintptr_t>(data);
+  if (begin < base || begin + bytes > base + impl_->map_size) return;  // not inside the mapping
+  const auto page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t first = (begin + page - 1) / page * page, last = (begin + bytes) / page * page;
+  // Advice only: the mapping is read-only and private, so dropping its pages loses nothing.
+  if (first < last) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 File File::from_memory(const uint8_t* data, std::size_t size, const std::string& name) {
   auto impl = std::make_unique<Impl>();
   impl->path = name;

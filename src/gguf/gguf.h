@@ -102,6 +102,12 @@ class File {
   std::string get_string_or(const std::string& key, const std::string& fallback) const;
   bool get_bool_or(const std::string& key, bool fallback) const;
 
+  // Drops the resident pages of bytes [data, data + bytes) of a mapped file from this process's
+  // memory (whole pages inside the range; the file's contents do not change, a later read maps
+  // them again). For data read once at load and then rarely, like a token-embedding table that
+  // decoding reads one row at a time. No effect on a File made from_memory.
+  void release_pages(const uint8_t* data, std::size_t bytes) const;
+
   const std::vector<TensorInfo>& tensors() const;
   const TensorInfo* find_tensor(const std::string& name) const;  // nullptr when absent
   const TensorInfo& tensor(const std::string& name) const;       // throws when absent

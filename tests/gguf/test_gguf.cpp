@@ -587,6 +587,29 @@ TEST(Gguf, OpenMapsAFile) {
   EXPECT_EQ(moved.tensor("output_norm.weight").data[2], uint8_t(15));
 }
 
+// Released pages are only dropped from memory: read again, the bytes are the file's. A tensor
+// larger than several pages, so whole pages are released, and a range that is not inside the
+// mapping is ignored.
+TEST(Gguf, ReleasedPagesReadTheSameBytes) {
+  Writer w;
+  w.kv_str("general.architecture", "llama");
+  w.tensor("big", {1 << 16}, 0, uint64_t(1) << 18);  // F32: 256 KiB of data
+  TempDir dir;
+  const std::string path = dir.file("big.gguf", w.build());
+  const File f = File::open(path);
+  const TensorInfo& t = f.tensor("big");
+  const std::vector<uint8_t> before(t.data, t.data + t.n_bytes);
+  f.release_pages(t.data, std::size_t(t.n_bytes));
+  const uint8_t outside[16] = {};
+  f.release_pages(outside, sizeof outside);
+  EXPECT_TRUE(std::equal(before.begin(), before.end(), t.data));
+  EXPECT_EQ(t.data[5], uint8_t(5 * 7));
+  const std::vector<uint8_t> bytes = w.build();
+  const File memory = parse(bytes);  // not mapped: nothing to release
+  memory.release_pages(memory.tensor("big").data, 1 << 18);
+  EXPECT_EQ(memory.tensor("big").data[5], uint8_t(5 * 7));  // the writer's byte pattern
+}
+
 TEST(Gguf, OpenErrors) {
   auto message = [](const std::string& path) -> std::string {
     try {
