@@ -73,18 +73,23 @@ void add_model_options(CLI::App& cmd, ModelOptions& options, std::vector<std::st
   }
 
   auto* group = cmd.add_option_group("KV cache", "How the KV cache is stored");
+  std::vector<std::string> names;  // the methods' names, from the library's one list
+  for (kv::CacheMethod m : kv::kCacheMethods) names.emplace_back(kv::to_string(m));
   if (kv_list) {
+    std::vector<std::string> entries = names;  // and kivi-N / squat-N, which set both widths
+    for (kv::CacheMethod m : kv::kCacheMethods) {
+      if (!kv::has_residual_window(m)) continue;
+      for (const char* bits : {"-2", "-4", "-8"})
+        entries.push_back(kv::to_string(m) + std::string(bits));
+    }
     group
         ->add_option("--kv", *kv_list,
                      "Cache methods, comma-separated: f32, f16, int8, int4, kivi, squat, and "
                      "kivi-2/-4/-8, squat-2/-4/-8 (both bit widths set)")
         ->delimiter(',')
-        ->check(CLI::IsMember({"f32", "f16", "int8", "int4", "kivi", "squat", "kivi-2", "kivi-4",
-                               "kivi-8", "squat-2", "squat-4", "squat-8"}))
+        ->check(CLI::IsMember(entries))
         ->capture_default_str();
   } else {
-    std::vector<std::string> names;
-    for (kv::CacheMethod m : kv::kCacheMethods) names.emplace_back(kv::to_string(m));
     group
         ->add_option_function<std::string>(
             "--kv", [&options](const std::string& name) { options.kv = kv::parse_method(name); },
