@@ -94,13 +94,14 @@ BENCHMARK(BM_SquatPrecompute)
     ->Args({128, 60, 1})
     ->Unit(benchmark::kMicrosecond);
 
-// One decode step of one layer (3 KV heads, 9 query heads, d = 64: SmolLM2-135M shape) over
-// 4096 cached tokens. args: method, bits, d, pre-RoPE keys (1) or post-RoPE (0), threads
-// (0: no pool; CPU time then only counts the calling thread, so compare real time)
+// One decode step of one layer (3 KV heads) over 4096 cached tokens. args: method, bits, d,
+// pre-RoPE keys (1) or post-RoPE (0), threads (0: no pool; CPU time then only counts the
+// calling thread, so compare real time), query heads per KV head (3: SmolLM2-135M, whose
+// d is 64; 6: Qwen2.5-1.5B, whose d is 128)
 void BM_DecodeAttention4K(benchmark::State& state) {
   const CacheMethod m = CacheMethod(state.range(0));
   const int bits = int(state.range(1)), d = int(state.range(2));
-  const int n_kv = 3, n_heads = 9;
+  const int n_kv = 3, n_heads = n_kv * int(state.range(5));
   const std::size_t n = 4096;
   CacheConfig cfg;
   cfg.method = m;
@@ -128,23 +129,25 @@ void BM_DecodeAttention4K(benchmark::State& state) {
   state.SetLabel(cfg.describe());
 }
 BENCHMARK(BM_DecodeAttention4K)
-    ->ArgNames({"method", "bits", "d", "pre", "threads"})
-    ->Args({int(CacheMethod::F32), 0, 64, 1, 0})
-    ->Args({int(CacheMethod::F16), 0, 64, 1, 0})
-    ->Args({int(CacheMethod::Int8), 0, 64, 1, 0})
-    ->Args({int(CacheMethod::Int4), 0, 64, 1, 0})
-    ->Args({int(CacheMethod::Kivi), 2, 64, 1, 0})
-    ->Args({int(CacheMethod::Kivi), 4, 64, 1, 0})
-    ->Args({int(CacheMethod::Squat), 2, 64, 1, 0})
-    ->Args({int(CacheMethod::Squat), 4, 64, 1, 0})
-    ->Args({int(CacheMethod::Kivi), 2, 128, 1, 0})
-    ->Args({int(CacheMethod::Squat), 2, 128, 1, 0})
-    ->Args({int(CacheMethod::F32), 0, 64, 0, 0})
-    ->Args({int(CacheMethod::Kivi), 2, 64, 0, 0})
-    ->Args({int(CacheMethod::Squat), 2, 64, 0, 0})
-    ->Args({int(CacheMethod::F16), 0, 64, 1, 2})
-    ->Args({int(CacheMethod::Squat), 2, 64, 1, 2})
-    ->Args({int(CacheMethod::Squat), 2, 64, 0, 2})
+    ->ArgNames({"method", "bits", "d", "pre", "threads", "rep"})
+    ->Args({int(CacheMethod::F32), 0, 64, 1, 0, 3})
+    ->Args({int(CacheMethod::F16), 0, 64, 1, 0, 3})
+    ->Args({int(CacheMethod::Int8), 0, 64, 1, 0, 3})
+    ->Args({int(CacheMethod::Int4), 0, 64, 1, 0, 3})
+    ->Args({int(CacheMethod::Kivi), 2, 64, 1, 0, 3})
+    ->Args({int(CacheMethod::Kivi), 4, 64, 1, 0, 3})
+    ->Args({int(CacheMethod::Squat), 2, 64, 1, 0, 3})
+    ->Args({int(CacheMethod::Squat), 4, 64, 1, 0, 3})
+    ->Args({int(CacheMethod::Kivi), 2, 128, 1, 0, 3})
+    ->Args({int(CacheMethod::Squat), 2, 128, 1, 0, 3})
+    ->Args({int(CacheMethod::F16), 0, 128, 1, 0, 6})
+    ->Args({int(CacheMethod::Squat), 2, 128, 1, 0, 6})
+    ->Args({int(CacheMethod::F32), 0, 64, 0, 0, 3})
+    ->Args({int(CacheMethod::Kivi), 2, 64, 0, 0, 3})
+    ->Args({int(CacheMethod::Squat), 2, 64, 0, 0, 3})
+    ->Args({int(CacheMethod::F16), 0, 64, 1, 2, 3})
+    ->Args({int(CacheMethod::Squat), 2, 64, 1, 2, 3})
+    ->Args({int(CacheMethod::Squat), 2, 64, 0, 2, 3})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 

@@ -10,6 +10,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "core/fp16.h"
@@ -141,78 +143,160 @@ HWY_INLINE void TransposeWords(DU du, const uint8_t* HWY_RESTRICT src, std::size
 
 // Per-call tables of the token-lane kernel.
 struct LaneKeys {
-  const uint32_t* lo;    // transposed words of the current N tokens [wr][N]
-  const uint32_t* hi;    // the same >> 16
-  const uint32_t* mask;  // [d] code mask at the channel's position mod 16
-  const uint8_t* upper;  // [d] 1: the channel sits in the word's upper half (read hi)
-  const uint32_t* word;  // [d] the channel's word
-  const float* scale;    // [d] key scale * 2^-(position mod 16)
-  const float* min;      // [d]
+  const uint32_t* lo;  // transposed words of the current N tokens [wr][N]
+  const uint32_t* hi;  // the same >> 16
+  const float* scale;  // [d] key scale * 2^-(position mod 16)
+  const float* min;    // [d]
 };
 
-// code * 2^(position mod 16) of channel c for the N tokens (KeyCodeExpand: the one step a
-// codebook format replaces).
-template <class DF>
-HWY_INLINE hn::Vec<DF> KeyCodes(DF df, const LaneKeys& k, std::size_t c) {
+// 2^-k, k < 32: the factor of a code left at bit k of its word (KeyCodes: k = position mod
+// 16; the values' fast path: k = lane * bits).
+constexpr float kInvPow2[32] = {
+    0x1p-0f,  0x1p-1f,  0x1p-2f,  0x1p-3f,  0x1p-4f,  0x1p-5f,  0x1p-6f,  0x1p-7f,
+    0x1p-8f,  0x1p-9f,  0x1p-10f, 0x1p-11f, 0x1p-12f, 0x1p-13f, 0x1p-14f, 0x1p-15f,
+    0x1p-16f, 0x1p-17f, 0x1p-18f, 0x1p-19f, 0x1p-20f, 0x1p-21f, 0x1p-22f, 0x1p-23f,
+    0x1p-24f, 0x1p-25f, 0x1p-26f, 0x1p-27f, 0x1p-28f, 0x1p-29f, 0x1p-30f, 0x1p-31f};
+
+// code * 2^(position mod 16) of channel P of word w for the N tokens (KeyCodes: the one step a
+// codebook format replaces). KB bits per code; P is a compile-time position, so the mask and
+// the half (lo: bits 0-15, hi: bits 16-31) are constants.
+template <int KB, std::size_t P, class DF>
+HWY_INLINE hn::Vec<DF> KeyCodes(DF df, const LaneKeys& k, std::size_t w) {
   const hn::RebindToUnsigned<DF> du;
   const hn::RebindToSigned<DF> di;
-  const std::size_t N = hn::Lanes(df);
-  const auto w = hn::Load(du, (k.upper[c] ? k.hi : k.lo) + k.word[c] * N);
-  return hn::ConvertTo(df, hn::BitCast(di, hn::And(w, hn::Set(du, k.mask[c]))));
+  constexpr std::size_t pos = P * KB;
+  constexpr uint32_t mask = ((1u << KB) - 1u) << (pos & 15);
+  const auto x = hn::Load(du, (pos >= 16 ? k.hi : k.lo) + w * hn::Lanes(df));
+  return hn::ConvertTo(df, hn::BitCast(di, hn::And(x, hn::Set(du, mask))));
+}
+
+// A loop over the R rows of a pass, unrolled so that the rows' accumulators stay in registers
+// (a lambda would not: it lacks the target's attributes, so it is not inlined).
+#define SQUAT_FOR_ROWS(r) HWY_UNROLL(8) for (std::size_t r = 0; r < R; ++r)
+
+// Running logits of R query rows in token lanes.
+template <std::size_t R, class DF>
+struct LaneSums {
+  hn::Vec<DF> a[R];
+  // a_r += P[r][ca] * xa + P[r][cb] * xb: one rotated pair.
+  HWY_INLINE void Add(DF df, const float* const* P, std::size_t ca, hn::Vec<DF> xa, std::size_t cb,
+                      hn::Vec<DF> xb) {
+    SQUAT_FOR_ROWS(r) {
+      a[r] = hn::MulAdd(hn::Set(df, P[r][ca]), xa, hn::MulAdd(hn::Set(df, P[r][cb]), xb, a[r]));
+    }
+  }
+  // a_r += P[r][c] * x: one channel.
+  HWY_INLINE void Add(DF df, const float* const* P, std::size_t c, hn::Vec<DF> x) {
+    SQUAT_FOR_ROWS(r) { a[r] = hn::MulAdd(hn::Set(df, P[r][c]), x, a[r]); }
+  }
+};
+
+// Pre-RoPE pair (ca, cb), codes xa, xb: dequantized, rotated by each token's offset j in the
+// block, (xa c - xb s, xa s + xb c), and added to the rows' logits.
+template <std::size_t R, class DF>
+HWY_INLINE void RotatedPair(DF df, const LaneKeys& k, const float* cs, std::size_t G,
+                            const float* const* P, std::size_t ca, hn::Vec<DF> ca_codes,
+                            std::size_t cb, hn::Vec<DF> cb_codes, LaneSums<R, DF>& acc) {
+  const auto xa = hn::MulAdd(ca_codes, hn::Set(df, k.scale[ca]), hn::Set(df, k.min[ca]));
+  const auto xb = hn::MulAdd(cb_codes, hn::Set(df, k.scale[cb]), hn::Set(df, k.min[cb]));
+  const auto C = hn::LoadU(df, cs), S = hn::LoadU(df, cs + G);
+  acc.Add(df, P, ca, hn::NegMulAdd(S, xb, hn::Mul(C, xa)), cb, hn::MulAdd(S, xa, hn::Mul(C, xb)));
+}
+
+// Pairs and channels of word w (and, Neox, its partner word w + wr/2), positions P.. in
+// compile-time steps, in channel order (so the sums round as a loop over channels would).
+template <int KB, std::size_t R, std::size_t P, class DF>
+HWY_INLINE void WordLogits(DF df, const LaneKeys& k, const FusedBlock& b, std::size_t w,
+                           std::size_t j0, const float* const* Pq, LaneSums<R, DF>& acc) {
+  constexpr std::size_t per = 32 / KB;
+  if constexpr (P < per) {
+    const std::size_t c = w * per + P, G = b.G;
+    if (!b.rope_cs) {
+      acc.Add(df, Pq, c, KeyCodes<KB, P>(df, k, w));
+      WordLogits<KB, R, P + 1>(df, k, b, w, j0, Pq, acc);
+    } else if (!b.neox) {  // pair (c, c + 1): adjacent positions of one word
+      RotatedPair(df, k, b.rope_lanes + (c / 2) * 2 * G + j0, G, Pq, c, KeyCodes<KB, P>(df, k, w),
+                  c + 1, KeyCodes<KB, P + 1>(df, k, w), acc);
+      WordLogits<KB, R, P + 2>(df, k, b, w, j0, Pq, acc);
+    } else {  // pair (c, c + d/2): position P of words w and w + wr/2
+      const std::size_t wb = w + b.d * KB / 64;
+      RotatedPair(df, k, b.rope_lanes + c * 2 * G + j0, G, Pq, c, KeyCodes<KB, P>(df, k, w),
+                  c + b.d / 2, KeyCodes<KB, P>(df, k, wb), acc);
+      WordLogits<KB, R, P + 1>(df, k, b, w, j0, Pq, acc);
+    }
+  }
 }
 
 // Logits (without the query-independent part for post-RoPE keys) of R query rows for the N
 // tokens at lane offset j0 of the block: P[r] is row r's prepared query (see FusedBlockImpl).
-template <std::size_t R, class DF>
+template <int KB, std::size_t R, class DF>
 HWY_INLINE void KeyLogits(DF df, const LaneKeys& k, const FusedBlock& b, std::size_t j0,
                           const float* const* P, const float* Kc, float* const* out) {
-  const std::size_t D = b.d, G = b.G;
-  auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
-  if (b.rope_cs) {
-    const std::size_t half = D / 2;
-    for (std::size_t i = 0; i < half; ++i) {
-      const std::size_t ca = b.neox ? i : 2 * i, cb = b.neox ? i + half : 2 * i + 1;
-      const auto xa =
-          hn::MulAdd(KeyCodes(df, k, ca), hn::Set(df, k.scale[ca]), hn::Set(df, k.min[ca]));
-      const auto xb =
-          hn::MulAdd(KeyCodes(df, k, cb), hn::Set(df, k.scale[cb]), hn::Set(df, k.min[cb]));
-      // Key pair rotated by the token's offset j in the block: (xa c - xb s, xa s + xb c).
-      const float* cs = b.rope_lanes + i * 2 * G + j0;
-      const auto C = hn::LoadU(df, cs), S = hn::LoadU(df, cs + G);
-      const auto ka = hn::NegMulAdd(S, xb, hn::Mul(C, xa));
-      const auto kb = hn::MulAdd(S, xa, hn::Mul(C, xb));
-      a0 = hn::MulAdd(hn::Set(df, P[0][ca]), ka, hn::MulAdd(hn::Set(df, P[0][cb]), kb, a0));
-      if (R > 1)
-        a1 = hn::MulAdd(hn::Set(df, P[1][ca]), ka, hn::MulAdd(hn::Set(df, P[1][cb]), kb, a1));
-      if (R > 2)
-        a2 = hn::MulAdd(hn::Set(df, P[2][ca]), ka, hn::MulAdd(hn::Set(df, P[2][cb]), kb, a2));
-      if (R > 3)
-        a3 = hn::MulAdd(hn::Set(df, P[3][ca]), ka, hn::MulAdd(hn::Set(df, P[3][cb]), kb, a3));
-    }
-  } else {
+  const std::size_t wr = b.d * KB / 32;
+  LaneSums<R, DF> acc;
+  SQUAT_FOR_ROWS(r) { acc.a[r] = hn::Zero(df); }
+  // Neox pairs span two words: walk the first half's words, each with its partner.
+  const std::size_t words = b.rope_cs && b.neox ? wr / 2 : wr;
+  for (std::size_t w = 0; w < words; ++w) WordLogits<KB, R, 0>(df, k, b, w, j0, P, acc);
+  if (!b.rope_cs) {
     // P holds q * scale * key scale (factor included): the min part is the constant Kc.
-    for (std::size_t c = 0; c < D; ++c) {
-      const auto x = KeyCodes(df, k, c);
-      a0 = hn::MulAdd(hn::Set(df, P[0][c]), x, a0);
-      if (R > 1) a1 = hn::MulAdd(hn::Set(df, P[1][c]), x, a1);
-      if (R > 2) a2 = hn::MulAdd(hn::Set(df, P[2][c]), x, a2);
-      if (R > 3) a3 = hn::MulAdd(hn::Set(df, P[3][c]), x, a3);
-    }
-    a0 = hn::Add(a0, hn::Set(df, Kc[0]));
-    if (R > 1) a1 = hn::Add(a1, hn::Set(df, Kc[1]));
-    if (R > 2) a2 = hn::Add(a2, hn::Set(df, Kc[2]));
-    if (R > 3) a3 = hn::Add(a3, hn::Set(df, Kc[3]));
+    SQUAT_FOR_ROWS(r) { acc.a[r] = hn::Add(acc.a[r], hn::Set(df, Kc[r])); }
   }
-  hn::StoreU(a0, df, out[0] + j0);
-  if (R > 1) hn::StoreU(a1, df, out[1] + j0);
-  if (R > 2) hn::StoreU(a2, df, out[2] + j0);
-  if (R > 3) hn::StoreU(a3, df, out[3] + j0);
+  SQUAT_FOR_ROWS(r) { hn::StoreU(acc.a[r], df, out[r] + j0); }
+}
+
+// f(std::integral_constant<std::size_t, R>) for the pass's row count R, 1 <= R <= kFusedPassRows.
+template <class F>
+HWY_INLINE void WithRows(std::size_t R, F&& f) {
+  switch (R) {
+    case 1:
+      return f(std::integral_constant<std::size_t, 1>());
+    case 2:
+      return f(std::integral_constant<std::size_t, 2>());
+    case 3:
+      return f(std::integral_constant<std::size_t, 3>());
+    case 4:
+      return f(std::integral_constant<std::size_t, 4>());
+    case 5:
+      return f(std::integral_constant<std::size_t, 5>());
+    case 6:
+      return f(std::integral_constant<std::size_t, 6>());
+    case 7:
+      return f(std::integral_constant<std::size_t, 7>());
+    default:
+      return f(std::integral_constant<std::size_t, 8>());
+  }
+}
+static_assert(kFusedPassRows == 8, "WithRows covers 1..8 rows");
+
+// KeyLogits for the block's key bits (2, 4 or 8: FusedBlockImpl refuses others) and R rows.
+template <class DF>
+HWY_INLINE void KeyLogitsFor(DF df, const LaneKeys& k, const FusedBlock& b, std::size_t R,
+                             std::size_t j0, const float* const* P, const float* Kc,
+                             float* const* out) {
+  const auto rows = [&](auto bits) {
+    constexpr int KB = decltype(bits)::value;
+    WithRows(R, [&](auto rc) { KeyLogits<KB, decltype(rc)::value>(df, k, b, j0, P, Kc, out); });
+  };
+  if (b.kbits == 2) {
+    rows(std::integral_constant<int, 2>());
+  } else if (b.kbits == 4) {
+    rows(std::integral_constant<int, 4>());
+  } else {
+    rows(std::integral_constant<int, 8>());
+  }
 }
 
 // Value codes of channels [c, c + N) of one token row as floats times `vfac` (per lane):
-// fast: the N codes fit in the low 16 bits of the 32-bit word at the vector's first byte, so
-// one broadcast and one AND with the lanes' masks extract them (times 2^(lane * bits));
+// fast: the N codes fit in the 32-bit word at the vector's first byte (its low 16 bits unless
+// the target converts unsigned integers in one instruction, kUnsignedConvert), so one
+// broadcast and one AND with the lanes' masks extract them (times 2^(lane * bits));
 // otherwise the shift-based ReadCodes (factor 1).
+#if HWY_TARGET <= HWY_AVX3
+constexpr bool kUnsignedConvert = true;
+#else
+constexpr bool kUnsignedConvert = false;
+#endif
 struct ValueCodes {
   bool fast;
   bool bcast;
@@ -229,11 +313,12 @@ HWY_INLINE void ValueSums(DF df, const FusedBlock& b, const ValueCodes& vc, std:
   const std::size_t vrb = D * std::size_t(b.vbits) / 8;
   for (std::size_t c = 0; c < D; c += N) {
     const std::size_t g = c / G;
-    auto z0 = hn::Zero(df), z1 = hn::Zero(df), z2 = hn::Zero(df), z3 = hn::Zero(df);
-    const float* p0 = w[0] + g * maxvis;
-    const float* p1 = R > 1 ? w[1] + g * maxvis : p0;
-    const float* p2 = R > 2 ? w[2] + g * maxvis : p0;
-    const float* p3 = R > 3 ? w[3] + g * maxvis : p0;
+    hn::Vec<DF> z[R];
+    const float* pg[R];
+    SQUAT_FOR_ROWS(r) {
+      z[r] = hn::Zero(df);
+      pg[r] = w[r] + g * maxvis;
+    }
     const uint8_t* vrow = b.vcodes;
     const std::size_t cbyte = c * std::size_t(b.vbits) / 8;
     for (std::size_t t = 0; t < maxvis; ++t, vrow += vrb) {
@@ -241,25 +326,40 @@ HWY_INLINE void ValueSums(DF df, const FusedBlock& b, const ValueCodes& vc, std:
       if (vc.fast) {
         uint32_t word;
         std::memcpy(&word, vrow + cbyte, 4);
-        code = hn::ConvertTo(df, hn::BitCast(di, hn::And(hn::Set(du, word), vmask)));
+        const auto masked = hn::And(hn::Set(du, word), vmask);
+        if constexpr (kUnsignedConvert) {
+          code = hn::ConvertTo(df, masked);
+        } else {
+          code = hn::ConvertTo(df, hn::BitCast(di, masked));
+        }
       } else {
         code = ReadCodes(df, vrow, c, b.vbits, vc.bcast, shv, mv, iv);
       }
-      z0 = hn::MulAdd(hn::Set(df, p0[t]), code, z0);
-      if (R > 1) z1 = hn::MulAdd(hn::Set(df, p1[t]), code, z1);
-      if (R > 2) z2 = hn::MulAdd(hn::Set(df, p2[t]), code, z2);
-      if (R > 3) z3 = hn::MulAdd(hn::Set(df, p3[t]), code, z3);
+      SQUAT_FOR_ROWS(r) { z[r] = hn::MulAdd(hn::Set(df, pg[r][t]), code, z[r]); }
     }
-    const auto fin = [&](float* a, decltype(z0) z, float cr, float ms) {
-      hn::StoreU(
-          hn::MulAdd(z, vfac, hn::MulAdd(hn::LoadU(df, a + c), hn::Set(df, cr), hn::Set(df, ms))),
-          df, a + c);
-    };
-    fin(acc[0], z0, corr[0], msum[0][g]);
-    if (R > 1) fin(acc[1], z1, corr[1], msum[1][g]);
-    if (R > 2) fin(acc[2], z2, corr[2], msum[2][g]);
-    if (R > 3) fin(acc[3], z3, corr[3], msum[3][g]);
+    SQUAT_FOR_ROWS(r) {
+      float* a = acc[r];
+      hn::StoreU(hn::MulAdd(z[r], vfac,
+                            hn::MulAdd(hn::LoadU(df, a + c), hn::Set(df, corr[r]),
+                                       hn::Set(df, msum[r][g]))),
+                 df, a + c);
+    }
   }
+}
+
+// Largest of x[0 .. n) (n > 0; exact in any order).
+template <class DF>
+HWY_INLINE float MaxOf(DF df, const float* HWY_RESTRICT x, std::size_t n) {
+  const std::size_t N = hn::Lanes(df);
+  float m = x[0];
+  std::size_t t = 0;
+  if (n >= N) {
+    auto vm = hn::LoadU(df, x);
+    for (t = N; t + N <= n; t += N) vm = hn::Max(vm, hn::LoadU(df, x + t));
+    m = hn::GetLane(hn::MaxOfLanes(df, vm));
+  }
+  for (; t < n; ++t) m = std::max(m, x[t]);
+  return m;
 }
 
 #endif  // HWY_TARGET != HWY_SCALAR
@@ -276,60 +376,62 @@ bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_
   const std::size_t kbits = std::size_t(b.kbits), vbits = std::size_t(b.vbits);
   const std::size_t wr = D * kbits / 32;  // 32-bit words per key row
   const bool rope = b.rope_cs != nullptr;
+  // Neox pairs (c, c + d/2) sit at one position of two words: d/2 whole words.
   if (N < 4 || D % N != 0 || G % N != 0 || nb > G || D > kFusedMaxD || D * kbits % 32 != 0 ||
       wr > kFusedMaxWords || (wr & (wr - 1)) != 0 || (rope && b.rope_lanes == nullptr) ||
-      (rope && b.neox && (D / 2) % N != 0)) {
+      (rope && b.neox && ((D / 2) % N != 0 || (D / 2) % (32 / kbits) != 0)) ||
+      (kbits != 2 && kbits != 4 && kbits != 8)) {
     return false;
   }
   const std::size_t ng = D / G, half = D / 2, krb = D * kbits / 8;
   const std::size_t nbp = (nb + N - 1) / N * N;
-  // Key channel tables: word, half, mask and the scale with 2^-(position mod 16) folded in.
-  HWY_ALIGN uint32_t kmask[kFusedMaxD], kword[kFusedMaxD];
-  HWY_ALIGN uint8_t kupper[kFusedMaxD];
+  // Key scales with 2^-(position mod 16) folded in (KeyCodes leaves codes at their position).
   HWY_ALIGN float ksc[kFusedMaxD];
-  const std::size_t per = 32 / kbits;
-  for (std::size_t c = 0; c < D; ++c) {
-    const std::size_t pos = (c % per) * kbits;
-    kword[c] = uint32_t(c / per);
-    kupper[c] = pos >= 16 ? 1 : 0;
-    kmask[c] = ((1u << kbits) - 1u) << (pos & 15);
-    ksc[c] = b.kscale[c] / float(1u << (pos & 15));
+  if (N * kbits % 16 == 0) {  // every vector of channels has the same pattern of factors
+    HWY_ALIGN float fac[hn::MaxLanes(df)];
+    for (std::size_t j = 0; j < N; ++j) fac[j] = kInvPow2[(j * kbits) & 15];
+    const auto vfac_k = hn::Load(df, fac);
+    for (std::size_t c = 0; c < D; c += N) {
+      hn::Store(hn::Mul(hn::LoadU(df, b.kscale + c), vfac_k), df, ksc + c);
+    }
+  } else {
+    for (std::size_t c = 0; c < D; ++c) ksc[c] = b.kscale[c] * kInvPow2[(c * kbits) & 15];
   }
   HWY_ALIGN uint32_t wlo[kFusedMaxWords * hn::MaxLanes(du)];
   HWY_ALIGN uint32_t whi[kFusedMaxWords * hn::MaxLanes(du)];
   HWY_ALIGN uint32_t wtmp[2 * kFusedMaxWords * hn::MaxLanes(du)];
   HWY_ALIGN uint8_t kpad[kFusedMaxWords * 4 * hn::MaxLanes(du)];
-  const LaneKeys lk{wlo, whi, kmask, kupper, kword, ksc, b.kmin};
+  const LaneKeys lk{wlo, whi, ksc, b.kmin};
   // Value code readers.
-  ValueCodes vc{N * vbits <= 16, N * vbits <= 32, b.vbits};
+  ValueCodes vc{N * vbits <= (kUnsignedConvert ? 32 : 16), N * vbits <= 32, b.vbits};
   HWY_ALIGN int32_t idx_v[hn::MaxLanes(df)];
   HWY_ALIGN uint32_t sh_v[hn::MaxLanes(df)], vm_l[hn::MaxLanes(df)];
   HWY_ALIGN float vf_l[hn::MaxLanes(df)];
-  const std::size_t per_v = 8 / vbits;
-  for (std::size_t j = 0; j < N; ++j) {
-    idx_v[j] = int32_t(j / per_v);
-    sh_v[j] = uint32_t(vc.bcast ? j * vbits : (j % per_v) * vbits);
+  for (std::size_t j = 0; j < N; ++j) {  // lane j: byte j*vbits/8, bit (j*vbits) % 8 of it
+    idx_v[j] = int32_t(j * vbits / 8);
+    sh_v[j] = uint32_t(vc.bcast ? j * vbits : j * vbits % 8);
     vm_l[j] = vc.fast ? ((1u << vbits) - 1u) << (j * vbits) : 0u;
-    vf_l[j] = vc.fast ? 1.0f / float(1u << (j * vbits)) : 1.0f;
+    vf_l[j] = vc.fast ? kInvPow2[j * vbits] : 1.0f;  // fast: j * vbits < 32
   }
   const auto iv = hn::SetTableIndices(du, idx_v);
   const auto shv = hn::Load(du, sh_v), vmask = hn::Load(du, vm_l);
   const auto mv = hn::Set(du, (1u << vbits) - 1u);
   const auto vfac = hn::Load(df, vf_l);
-  float* s = work;                  // [4][nbp] logits, then probabilities
-  float* pw = s + 4 * nbp;          // [4][ng][maxvis] probability x value scale
-  float* msum = pw + 4 * ng * nbp;  // [4][ng] sum of probability x value min
-  float* P = msum + 4 * ng;         // [4][D] prepared queries
-  for (std::size_t r0 = 0; r0 < rows; r0 += 4) {
-    const std::size_t R = std::min<std::size_t>(4, rows - r0);
+  constexpr std::size_t RM = kFusedPassRows;
+  float* s = work;                   // [RM][nbp] logits, then probabilities
+  float* pw = s + RM * nbp;          // [RM][ng][maxvis] probability x value scale
+  float* msum = pw + RM * ng * nbp;  // [RM][ng] sum of probability x value min
+  float* P = msum + RM * ng;         // [RM][D] prepared queries
+  for (std::size_t r0 = 0; r0 < rows; r0 += RM) {
+    const std::size_t R = std::min(RM, rows - r0);
     std::size_t maxvis = 0;
     for (std::size_t r = 0; r < R; ++r) maxvis = std::max(maxvis, vis[r0 + r]);
     if (maxvis == 0) continue;
     // Prepared queries: pre-RoPE, q' = scale * R_b0^T q (the key pairs get R_j below);
     // post-RoPE, scale * q * key scale, and the min part Kc = scale * q . min.
-    float Kc[4] = {0, 0, 0, 0};
-    const float* Pr[4] = {nullptr, nullptr, nullptr, nullptr};
-    float* sr[4] = {nullptr, nullptr, nullptr, nullptr};
+    float Kc[RM] = {};
+    const float* Pr[RM] = {};
+    float* sr[RM] = {};
     for (std::size_t r = 0; r < R; ++r) {
       const float* qr = q[r0 + r];
       float* pr = P + r * D;
@@ -372,34 +474,21 @@ bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_
         krows = kpad;
       }
       TransposeWords(du, krows, wr, wlo, whi, wtmp);
-      switch (R) {
-        case 1:
-          KeyLogits<1>(df, lk, b, j0, Pr, Kc, sr);
-          break;
-        case 2:
-          KeyLogits<2>(df, lk, b, j0, Pr, Kc, sr);
-          break;
-        case 3:
-          KeyLogits<3>(df, lk, b, j0, Pr, Kc, sr);
-          break;
-        default:
-          KeyLogits<4>(df, lk, b, j0, Pr, Kc, sr);
-          break;
-      }
+      KeyLogitsFor(df, lk, b, R, j0, Pr, Kc, sr);
     }
     // Online softmax per row; probabilities folded with the value groups' scale and min.
-    float corr[4] = {1.0f, 1.0f, 1.0f, 1.0f};
-    const float* wr_[4] = {nullptr, nullptr, nullptr, nullptr};
-    const float* ms_[4] = {nullptr, nullptr, nullptr, nullptr};
-    float* acc[4] = {nullptr, nullptr, nullptr, nullptr};
+    float corr[RM];
+    std::fill(corr, corr + RM, 1.0f);
+    const float* wr_[RM] = {};
+    const float* ms_[RM] = {};
+    float* acc[RM] = {};
     for (std::size_t r = 0; r < R; ++r) {
       float* srow = sr[r];
       const std::size_t v = vis[r0 + r];
       float* p = part[r0 + r];
       acc[r] = p + 2;
       if (v > 0) {
-        float bmax = srow[0];
-        for (std::size_t t = 1; t < v; ++t) bmax = std::max(bmax, srow[t]);
+        float bmax = MaxOf(df, srow, v);
         const float m_new = std::max(p[0], bmax);
         corr[r] = std::exp(p[0] - m_new);  // 0 when the max was -inf
         const float psum = ExpSumImpl(srow, v, m_new);
@@ -409,35 +498,36 @@ bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_
       for (std::size_t t = v; t < maxvis; ++t) srow[t] = 0.0f;
       float* wrow = pw + r * ng * maxvis;
       for (std::size_t g = 0; g < ng; ++g) {
-        float ms = 0.0f;
+        // w = p * scale of the group, and sum_t p * min (vector sums, then the lanes).
+        const float* gs = b.vscale + g * nb;
+        const float* gm = b.vmin + g * nb;
         float* w = wrow + g * maxvis;
-        for (std::size_t t = 0; t < maxvis; ++t) {
-          w[t] = srow[t] * b.vscale[t * ng + g];
-          ms += srow[t] * b.vmin[t * ng + g];
+        auto vms = hn::Zero(df);
+        std::size_t t = 0;
+        for (; t + N <= maxvis; t += N) {
+          const auto pv = hn::LoadU(df, srow + t);
+          hn::StoreU(hn::Mul(pv, hn::LoadU(df, gs + t)), df, w + t);
+          vms = hn::MulAdd(pv, hn::LoadU(df, gm + t), vms);
+        }
+        float ms = hn::GetLane(hn::SumOfLanes(df, vms));
+        for (; t < maxvis; ++t) {
+          w[t] = srow[t] * gs[t];
+          ms += srow[t] * gm[t];
         }
         msum[r * ng + g] = ms;
       }
       wr_[r] = wrow;
       ms_[r] = msum + r * ng;
     }
-    switch (R) {
-      case 1:
-        ValueSums<1>(df, b, vc, maxvis, wr_, ms_, acc, corr, vmask, shv, mv, iv, vfac);
-        break;
-      case 2:
-        ValueSums<2>(df, b, vc, maxvis, wr_, ms_, acc, corr, vmask, shv, mv, iv, vfac);
-        break;
-      case 3:
-        ValueSums<3>(df, b, vc, maxvis, wr_, ms_, acc, corr, vmask, shv, mv, iv, vfac);
-        break;
-      default:
-        ValueSums<4>(df, b, vc, maxvis, wr_, ms_, acc, corr, vmask, shv, mv, iv, vfac);
-        break;
-    }
+    WithRows(R, [&](auto rc) {
+      ValueSums<decltype(rc)::value>(df, b, vc, maxvis, wr_, ms_, acc, corr, vmask, shv, mv, iv,
+                                     vfac);
+    });
   }
   return true;
 #endif
 }
+#undef SQUAT_FOR_ROWS
 
 // One flash-attention tile: up to 4 query rows at a time share each key and value load. Per
 // row the arithmetic is exactly the decode path's (block_logits' Dot, exp_sum, accumulate), so
@@ -919,7 +1009,7 @@ HWY_EXPORT(PromptTileImpl);
 std::size_t fused_work_floats(std::size_t nb, std::size_t d, std::size_t G) {
   const std::size_t ng = d / G;
   const std::size_t nbp = (nb + 63) / 64 * 64;  // tokens rounded up to any target's lanes
-  return 4 * nbp + 4 * ng * nbp + 4 * ng + 4 * d;
+  return kFusedPassRows * (nbp + ng * nbp + ng + d);
 }
 
 void rope_lane_table(const float* inv_freq, std::size_t half, std::size_t G, float* out) {
@@ -937,7 +1027,7 @@ bool fused_block(const FusedBlock& b, const float* const* q, const std::size_t* 
 
 void fused_block_reference(const FusedBlock& b, const float* const* q, const std::size_t* vis,
                            std::size_t rows, float scale, float* const* part) {
-  const std::size_t D = b.d, ng = D / b.G;
+  const std::size_t D = b.d;
   const auto code = [](const uint8_t* row, std::size_t c, int bits) {
     const std::size_t bit = c * std::size_t(bits);
     return float((row[bit / 8] >> (bit % 8)) & ((1u << bits) - 1u));
@@ -949,8 +1039,8 @@ void fused_block_reference(const FusedBlock& b, const float* const* q, const std
       kt[c] =
           code(b.kcodes + t * D * std::size_t(b.kbits) / 8, c, b.kbits) * b.kscale[c] + b.kmin[c];
       v[t * D + c] = code(b.vcodes + t * D * std::size_t(b.vbits) / 8, c, b.vbits) *
-                         b.vscale[t * ng + c / b.G] +
-                     b.vmin[t * ng + c / b.G];
+                         b.vscale[c / b.G * b.nb + t] +
+                     b.vmin[c / b.G * b.nb + t];
     }
     if (b.rope_cs) {
       // Pair i = (a, b) rotated by its angle: a' = a cos - b sin, b' = a sin + b cos

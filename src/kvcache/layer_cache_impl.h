@@ -83,8 +83,11 @@ struct LayerCache::Impl {
   // (query i, repeat r) at part + row*(D+2): max, sum, accumulator[D].
   void attend_range(int h, const float* q, std::size_t n_q, int n_heads, const int* q_pos,
                     std::size_t t0, std::size_t t1, float* part) const;
-  // Fills fb for the fused kernel over block [b0, b0 + nb) of head h (params: 2*D + 2*nb*D/G
-  // floats; codes padded through kpad/vpad when needed).
+  // Fills fb for the fused kernel over block [b0, b0 + nb) of head h (params:
+  // fused_params_floats(nb) floats; codes padded through kpad/vpad when needed).
+  std::size_t fused_params_floats(std::size_t nb) const {
+    return 2 * D() + 3 * nb * (D() / std::size_t(G));  // key scale, min; value scale, min, staging
+  }
   void fused_setup(int h, std::size_t b0, std::size_t nb, simd::FusedBlock& fb, float* params,
                    std::vector<uint8_t>& kpad, std::vector<uint8_t>& vpad) const;
   // Prefill: queries [i0, i1) of KV head h's group over their visible tokens, flash-attention

@@ -54,7 +54,7 @@ struct FusedBlock {
   const float* rope_lanes = nullptr;
   bool neox = false;
   const uint8_t* vcodes = nullptr;  // nb token rows of d codes at vbits; readable 64 bytes past
-  const float* vscale = nullptr;    // nb x d/G value group scale and min
+  const float* vscale = nullptr;    // d/G x nb value group scale and min, group-major: [g * nb + t]
   const float* vmin = nullptr;
   int kbits = 2, vbits = 2;
   std::size_t G = 32, nb = 0, d = 0;
@@ -63,6 +63,9 @@ struct FusedBlock {
 // out[i * 2G + j] and sin at out[i * 2G + G + j] for the half = d/2 pairs (squat::rope_cos_sin,
 // as RopeTable's rows: R_b0 R_j then equals R_(b0+j) to float rounding). out: d * G floats.
 void rope_lane_table(const float* inv_freq, std::size_t half, std::size_t G, float* out);
+// Query rows fused_block handles in one pass over a block's codes (Qwen2.5's GQA groups are 6
+// rows; 8 accumulators fit the registers of every vector target).
+constexpr std::size_t kFusedPassRows = 8;
 // Scratch floats fused_block needs.
 std::size_t fused_work_floats(std::size_t nb, std::size_t d, std::size_t G);
 // Online-softmax update of `rows` query rows over the block: q[r] is a query (d floats, rotated),

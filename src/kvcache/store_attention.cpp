@@ -138,8 +138,15 @@ void LayerCache::Impl::fused_setup(int h, std::size_t b0, std::size_t nb, simd::
   fb.vcodes = padded_codes(hs.vq.codes, b0 * vrb, nb * vrb, vpad);
   hs.kq.scale.get(b0 / std::size_t(G) * Dd, Dd, prm);
   hs.kq.min.get(b0 / std::size_t(G) * Dd, Dd, prm + Dd);
-  hs.vq.scale.get(b0 * ng, nb * ng, prm + 2 * Dd);
-  hs.vq.min.get(b0 * ng, nb * ng, prm + 2 * Dd + nb * ng);
+  // The store keeps value scales token-major ([t][g]); the kernel reads them group-major.
+  float* tm = prm + 2 * Dd + 2 * nb * ng;
+  for (int which = 0; which < 2; ++which) {
+    (which == 0 ? hs.vq.scale : hs.vq.min).get(b0 * ng, nb * ng, tm);
+    float* gm = prm + 2 * Dd + std::size_t(which) * nb * ng;
+    for (std::size_t t = 0; t < nb; ++t) {
+      for (std::size_t g = 0; g < ng; ++g) gm[g * nb + t] = tm[t * ng + g];
+    }
+  }
   fb.kscale = prm;
   fb.kmin = prm + Dd;
   fb.vscale = prm + 2 * Dd;
@@ -180,13 +187,13 @@ void LayerCache::Impl::attend_range(int h, const float* q, std::size_t n_q, int 
   const bool fusable = kivi_like && key_layout == GroupLayout::PerChannel &&
                        Dd * std::size_t(kbits) % 8 == 0 && Dd * std::size_t(vbits) % 8 == 0 &&
                        std::size_t(G) * std::size_t(vbits) % 8 == 0;
-  const std::size_t n_both = std::min(n_kq, n_vq), ng = Dd / std::size_t(G);
+  const std::size_t n_both = std::min(n_kq, n_vq);
   const std::size_t krb = Dd * std::size_t(kbits) / 8, vrb = Dd * std::size_t(vbits) / 8;
   if (fusable) {
     grow(sc.qptr, rows);
     grow(sc.pptr, rows);
     grow(sc.vis, rows);
-    grow(sc.params, 2 * Dd + 2 * B * ng);
+    grow(sc.params, fused_params_floats(B));
     grow(sc.work, simd::fused_work_floats(B, Dd, std::size_t(G)));
     grow(sc.kpad, B * krb + 64);  // sized for a whole block now: no allocation later
     grow(sc.vpad, B * vrb + 64);
@@ -270,7 +277,7 @@ void LayerCache::Impl::attend_tiles(int h, const float* q, std::size_t i0, std::
   if (fusable) {
     grow(sc.qptr, rows);
     grow(sc.pptr, rows);
-    grow(sc.params, 2 * Dd + 2 * B * (Dd / std::size_t(G)));
+    grow(sc.params, fused_params_floats(B));
     grow(sc.fwork, simd::fused_work_floats(B, Dd, std::size_t(G)));
     grow(sc.kpad, B * Dd * std::size_t(kbits) / 8 + 64);
     grow(sc.vpad, B * Dd * std::size_t(vbits) / 8 + 64);

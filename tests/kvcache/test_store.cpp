@@ -1000,7 +1000,7 @@ TEST(KvAttention, FusedBlockKernelMatchesScalarReferenceOnEveryTarget) {
   }
   int targets_run = 0;
   double worst = 0.0;
-  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
+  for (const int64_t target : squat::kernels::simd_targets()) {
     hwy::SetSupportedTargetsForTest(target);
     SCOPED_TRACE(hwy::TargetName(target));
     std::mt19937_64 rng(99);
