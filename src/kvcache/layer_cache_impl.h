@@ -46,6 +46,16 @@ struct AppendScratch {
   std::vector<float> flush_buf, rowbuf;
 };
 
+// The fused kernel's quantization parameters as floats for a window of up to kWindow key
+// groups of one head, converted from the store one array at a time (not four small conversions
+// per block). Valid within one attend call (the store does not change there).
+struct FusedParams {
+  static constexpr std::size_t kWindow = 8;
+  std::size_t first = 0, groups = 0;  // key groups [first, first + groups) are loaded
+  std::vector<float> buf;  // key scale, min [kWindow][D]; value scale, min [kWindow*G][D/G]
+                           // (token-major); one block's value scale, min [D/G][G]
+};
+
 struct LayerCache::Impl {
   CacheConfig cfg;
   int n_kv = 0, d = 0;
@@ -83,12 +93,15 @@ struct LayerCache::Impl {
   // (query i, repeat r) at part + row*(D+2): max, sum, accumulator[D].
   void attend_range(int h, const float* q, std::size_t n_q, int n_heads, const int* q_pos,
                     std::size_t t0, std::size_t t1, float* part) const;
-  // Fills fb for the fused kernel over block [b0, b0 + nb) of head h (params:
-  // fused_params_floats(nb) floats; codes padded through kpad/vpad when needed).
-  std::size_t fused_params_floats(std::size_t nb) const {
-    return 2 * D() + 3 * nb * (D() / std::size_t(G));  // key scale, min; value scale, min, staging
+  std::size_t fused_params_floats() const {
+    const std::size_t ng = D() / std::size_t(G), W = FusedParams::kWindow;
+    return 2 * W * D() + 2 * W * std::size_t(G) * ng + 2 * std::size_t(G) * ng;
   }
-  void fused_setup(int h, std::size_t b0, std::size_t nb, simd::FusedBlock& fb, float* params,
+  // Fills fb for the fused kernel over block [b0, b0 + nb) of head h (b0 a multiple of G,
+  // quantized keys and values), loading params' window when it does not hold the block
+  // (params.buf: fused_params_floats(); params.groups = 0 at the start of each attend call);
+  // codes padded through kpad/vpad when needed.
+  void fused_setup(int h, std::size_t b0, std::size_t nb, simd::FusedBlock& fb, FusedParams& params,
                    std::vector<uint8_t>& kpad, std::vector<uint8_t>& vpad) const;
   // Prefill: queries [i0, i1) of KV head h's group over their visible tokens, flash-attention
   // tiles (query rows of the group x a block of keys loaded as floats), written to out.

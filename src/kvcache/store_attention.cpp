@@ -93,7 +93,8 @@ namespace {
 // Per-thread attention scratch: token blocks of keys/values as floats, logits, dequantization
 // parameters, and (on the calling thread) the partials of all tasks.
 struct AttnScratch {
-  std::vector<float> kb, vb, s, tmp, part, params, work, qs, tpart, fwork;
+  std::vector<float> kb, vb, s, tmp, part, work, qs, tpart, fwork;
+  FusedParams fparams;
   std::vector<uint8_t> kpad, vpad;
   std::vector<const float*> qptr;
   std::vector<float*> pptr;
@@ -129,28 +130,45 @@ constexpr std::size_t kTileRows = 48;        // prefill: query rows (queries x g
 std::size_t LayerCache::Impl::block() const { return kivi_like ? std::size_t(G) : 32; }
 
 void LayerCache::Impl::fused_setup(int h, std::size_t b0, std::size_t nb, simd::FusedBlock& fb,
-                                   float* prm, std::vector<uint8_t>& kpad,
+                                   FusedParams& fp, std::vector<uint8_t>& kpad,
                                    std::vector<uint8_t>& vpad) const {
-  const std::size_t Dd = D(), ng = Dd / std::size_t(G);
+  const std::size_t Dd = D(), Gs = std::size_t(G), ng = Dd / Gs, W = FusedParams::kWindow;
   const std::size_t krb = Dd * std::size_t(kbits) / 8, vrb = Dd * std::size_t(vbits) / 8;
   const HeadStore& hs = heads[std::size_t(h)];
   fb.kcodes = padded_codes(hs.kq.codes, b0 * krb, nb * krb, kpad);
   fb.vcodes = padded_codes(hs.vq.codes, b0 * vrb, nb * vrb, vpad);
-  hs.kq.scale.get(b0 / std::size_t(G) * Dd, Dd, prm);
-  hs.kq.min.get(b0 / std::size_t(G) * Dd, Dd, prm + Dd);
+  float* ks = fp.buf.data();
+  float* km = ks + W * Dd;
+  float* vs = km + W * Dd;
+  float* vm = vs + W * Gs * ng;
+  float* vs_block = vm + W * Gs * ng;
+  float* vm_block = vs_block + ng * Gs;
+  const std::size_t group = b0 / Gs;
+  if (group < fp.first || group >= fp.first + fp.groups) {
+    // The window from this block: whole key groups, as many value tokens as are quantized.
+    const std::size_t tokens = std::min(W * Gs, std::min(n_kq, n_vq) - b0);
+    const std::size_t groups = (tokens + Gs - 1) / Gs;
+    hs.kq.scale.get(group * Dd, groups * Dd, ks);
+    hs.kq.min.get(group * Dd, groups * Dd, km);
+    hs.vq.scale.get(b0 * ng, tokens * ng, vs);
+    hs.vq.min.get(b0 * ng, tokens * ng, vm);
+    fp.first = group;
+    fp.groups = groups;
+  }
+  const std::size_t at = group - fp.first;
+  fb.kscale = ks + at * Dd;
+  fb.kmin = km + at * Dd;
   // The store keeps value scales token-major ([t][g]); the kernel reads them group-major.
-  float* tm = prm + 2 * Dd + 2 * nb * ng;
-  for (int which = 0; which < 2; ++which) {
-    (which == 0 ? hs.vq.scale : hs.vq.min).get(b0 * ng, nb * ng, tm);
-    float* gm = prm + 2 * Dd + std::size_t(which) * nb * ng;
-    for (std::size_t t = 0; t < nb; ++t) {
-      for (std::size_t g = 0; g < ng; ++g) gm[g * nb + t] = tm[t * ng + g];
+  const float* vs_rows = vs + at * Gs * ng;
+  const float* vm_rows = vm + at * Gs * ng;
+  for (std::size_t t = 0; t < nb; ++t) {
+    for (std::size_t g = 0; g < ng; ++g) {
+      vs_block[g * nb + t] = vs_rows[t * ng + g];
+      vm_block[g * nb + t] = vm_rows[t * ng + g];
     }
   }
-  fb.kscale = prm;
-  fb.kmin = prm + Dd;
-  fb.vscale = prm + 2 * Dd;
-  fb.vmin = prm + 2 * Dd + nb * ng;
+  fb.vscale = vs_block;
+  fb.vmin = vm_block;
   if (cfg.key_rope == KeyRope::Pre) {
     fb.rope_cs = rope->cs_row(b0);
     fb.rope_lanes = rope_lanes ? rope_lanes->data() : nullptr;
@@ -193,7 +211,8 @@ void LayerCache::Impl::attend_range(int h, const float* q, std::size_t n_q, int 
     grow(sc.qptr, rows);
     grow(sc.pptr, rows);
     grow(sc.vis, rows);
-    grow(sc.params, fused_params_floats(B));
+    grow(sc.fparams.buf, fused_params_floats());
+    sc.fparams.groups = 0;
     grow(sc.work, simd::fused_work_floats(B, Dd, std::size_t(G)));
     grow(sc.kpad, B * krb + 64);  // sized for a whole block now: no allocation later
     grow(sc.vpad, B * vrb + 64);
@@ -209,7 +228,7 @@ void LayerCache::Impl::attend_range(int h, const float* q, std::size_t n_q, int 
     const std::size_t nb = std::min(B, t1 - b0);
     if (fusable && b0 + nb <= n_both && b0 % std::size_t(G) == 0) {
       simd::FusedBlock fb;
-      fused_setup(h, b0, nb, fb, sc.params.data(), sc.kpad, sc.vpad);
+      fused_setup(h, b0, nb, fb, sc.fparams, sc.kpad, sc.vpad);
       for (std::size_t i = 0; i < n_q; ++i) {
         const long long v =
             std::clamp<long long>((long long)q_pos[i] - (long long)b0 + 1, 0, (long long)nb);
@@ -277,7 +296,8 @@ void LayerCache::Impl::attend_tiles(int h, const float* q, std::size_t i0, std::
   if (fusable) {
     grow(sc.qptr, rows);
     grow(sc.pptr, rows);
-    grow(sc.params, fused_params_floats(B));
+    grow(sc.fparams.buf, fused_params_floats());
+    sc.fparams.groups = 0;
     grow(sc.fwork, simd::fused_work_floats(B, Dd, std::size_t(G)));
     grow(sc.kpad, B * Dd * std::size_t(kbits) / 8 + 64);
     grow(sc.vpad, B * Dd * std::size_t(vbits) / 8 + 64);
@@ -295,7 +315,7 @@ void LayerCache::Impl::attend_tiles(int h, const float* q, std::size_t i0, std::
     }
     if (fusable && b0 + nb <= n_both && b0 % std::size_t(G) == 0) {
       simd::FusedBlock fb;
-      fused_setup(h, b0, nb, fb, sc.params.data(), sc.kpad, sc.vpad);
+      fused_setup(h, b0, nb, fb, sc.fparams, sc.kpad, sc.vpad);
       if (simd::fused_block(fb, sc.qptr.data(), sc.tvis.data(), rows, scale, sc.pptr.data(),
                             sc.fwork.data())) {
         continue;
