@@ -166,12 +166,11 @@ class RecordingCache final : public ForwardingCache {
         row_(std::size_t(shape.n_kv_heads) * std::size_t(shape.head_dim)),
         keys_(std::size_t(shape.n_layers)),
         values_(std::size_t(shape.n_layers)) {}
-  void append(int layer, const float* k, const float* v, int n) override {
+  void on_append(int layer, const float* k, const float* v, int n) override {
     auto& keys = keys_[std::size_t(layer)];
     auto& values = values_[std::size_t(layer)];
     keys.insert(keys.end(), k, k + std::size_t(n) * row_);
     values.insert(values.end(), v, v + std::size_t(n) * row_);
-    inner_->append(layer, k, v, n);
   }
   void clear() override { fail("a recorded prompt prefix cannot be cleared"); }
 

@@ -304,7 +304,7 @@ std::unique_ptr<InferenceContext> make_context(const Model& model, const ModelOp
 
 void save_subspace_if_asked(const ModelOptions& options, const InferenceContext& context) {
   if (options.save_subspace.empty()) return;
-  static_cast<const StoreCache&>(context.cache()).save_subspace(options.save_subspace);
+  context.cache().save_subspace(options.save_subspace);
 }
 
 }  // namespace squat::apps

@@ -70,10 +70,9 @@ class CaptureCache final : public ForwardingCache {
       inner_->observe_queries(layer, q_before_rope, q_after_rope, n, pool);
     }
   }
-  void append(int layer, const float* k, const float* v, int n) override {
+  void on_append(int layer, const float* k, const float* /*v*/, int n) override {
     auto& dst = keys_[std::size_t(layer)];
     dst.insert(dst.end(), k, k + std::size_t(n) * std::size_t(shape_.n_kv_heads * shape_.head_dim));
-    inner_->append(layer, k, v, n);
   }
 
   // [tokens, n_kv_heads, head_dim] and [tokens, n_heads, head_dim] per layer.

@@ -5,7 +5,10 @@
 
 #include <cstddef>
 #include <memory>
+#include <string>
 #include <vector>
+
+#include "core/error.h"
 
 namespace squat {
 
@@ -38,15 +41,18 @@ class AttentionCache {
   virtual void observe_queries(int /*layer*/, const float* /*q_before_rope*/,
                                const float* /*q_after_rope*/, int /*n*/, ThreadPool& /*pool*/) {}
 
-  // Stores n tokens for `layer` at the next n positions. k and v are [n, n_kv_heads, head_dim];
-  // keys are not yet rotated. Every layer receives the same tokens in order, layer 0 first.
+  // Stores n tokens for `layer` at the next n positions without attending (replaying a
+  // recorded prompt, sizing a cache). k and v are [n, n_kv_heads, head_dim]; keys are not yet
+  // rotated. Every layer receives the same tokens in order, layer 0 first.
   virtual void append(int layer, const float* k, const float* v, int n) = 0;
 
-  // For query i (at position first_pos + i, already rotated) and every query head, attention
-  // over the cached tokens at positions <= first_pos + i, scaled by 1/sqrt(head_dim).
-  // q and out are [n, n_heads, head_dim].
-  virtual void attend(int layer, const float* q, int n, int first_pos, float* out,
-                      ThreadPool& pool) = 0;
+  // The forward pass's call, once per layer and batch: stores the batch's n tokens (as append,
+  // at positions first_pos ..) and then, for query i (at position first_pos + i, already
+  // rotated) and every query head, computes attention over the cached tokens at positions
+  // <= first_pos + i, the batch's own included, scaled by 1/sqrt(head_dim). q and out are
+  // [n, n_heads, head_dim]; k, v and q are read only during the call.
+  virtual void append_and_attend(int layer, const float* k, const float* v, const float* q, int n,
+                                 int first_pos, float* out, ThreadPool& pool) = 0;
 
   // The prompt (every token fed since the cache was empty) is complete: called once its last
   // batch went through every layer, before the first decoded token. A cache may treat the
@@ -60,11 +66,17 @@ class AttentionCache {
   // Stored bits per cached key or value element (bytes()*8 / elements); 0 when empty.
   virtual double bits_per_element() const = 0;
   virtual void clear() = 0;
+
+  // Writes the SQuat query-subspace states of every layer (after a prompt) to `path`, for
+  // --load-subspace; a cache without them refuses.
+  virtual void save_subspace(const std::string& /*path*/) const {
+    fail("--save-subspace needs a squat cache that keeps its subspace");
+  }
 };
 
 // A cache that hands every call to another one: a base for wrappers that watch what the model
-// gives the cache (the GSM8K prefix recorder, quant --from-model's capture) and override only
-// the calls they watch.
+// gives the cache (the GSM8K prefix recorder, quant --from-model's capture). They see every
+// stored batch through on_append, whichever call stored it, and override the calls they watch.
 class ForwardingCache : public AttentionCache {
  public:
   explicit ForwardingCache(std::unique_ptr<AttentionCache> inner) : inner_(std::move(inner)) {}
@@ -75,11 +87,13 @@ class ForwardingCache : public AttentionCache {
     inner_->observe_queries(layer, q_before_rope, q_after_rope, n, pool);
   }
   void append(int layer, const float* k, const float* v, int n) override {
+    on_append(layer, k, v, n);
     inner_->append(layer, k, v, n);
   }
-  void attend(int layer, const float* q, int n, int first_pos, float* out,
-              ThreadPool& pool) override {
-    inner_->attend(layer, q, n, first_pos, out, pool);
+  void append_and_attend(int layer, const float* k, const float* v, const float* q, int n,
+                         int first_pos, float* out, ThreadPool& pool) override {
+    on_append(layer, k, v, n);
+    inner_->append_and_attend(layer, k, v, q, n, first_pos, out, pool);
   }
   void finish_prompt() override { inner_->finish_prompt(); }
   int n_tokens() const override { return inner_->n_tokens(); }
@@ -87,8 +101,12 @@ class ForwardingCache : public AttentionCache {
   std::size_t bytes() const override { return inner_->bytes(); }
   double bits_per_element() const override { return inner_->bits_per_element(); }
   void clear() override { inner_->clear(); }
+  void save_subspace(const std::string& path) const override { inner_->save_subspace(path); }
 
  protected:
+  // A batch of n tokens for `layer` (as append takes them), before the inner cache stores it.
+  virtual void on_append(int /*layer*/, const float* /*k*/, const float* /*v*/, int /*n*/) {}
+
   std::unique_ptr<AttentionCache> inner_;
 };
 

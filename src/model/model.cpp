@@ -204,8 +204,8 @@ void forward_layers(const Model& m, const int32_t* tokens, std::span<const Batch
       if (wants_queries) {
         s.cache->observe_queries(l, buf.q_before_rope.data() + row * qd, q, s.n, pool);
       }
-      s.cache->append(l, buf.k.data() + row * kvd, buf.v.data() + row * kvd, s.n);
-      s.cache->attend(l, q, s.n, s.first_pos, buf.att.data() + row * qd, pool);
+      s.cache->append_and_attend(l, buf.k.data() + row * kvd, buf.v.data() + row * kvd, q, s.n,
+                                 s.first_pos, buf.att.data() + row * qd, pool);
       row += n;
     }
     project(w.wo, buf.att.data(), buf.proj.data());

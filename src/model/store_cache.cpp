@@ -63,7 +63,7 @@ void StoreCache::observe_queries(int layer, const float* q_before_rope, const fl
   if (!keep_subspace_) store_.layer(layer).drop_state_metrics();
 }
 
-void StoreCache::append(int layer, const float* k, const float* v, int n) {
+StoreCache::Batch StoreCache::store_batch(int layer, const float* k, const float* v, int n) {
   kv::LayerCache& cache = store_.layer(layer);
   if (int(cache.tokens()) + n > shape_.max_tokens) {
     fail("context is full: {} tokens cached + {} new > context size {}", cache.tokens(), n,
@@ -76,10 +76,9 @@ void StoreCache::append(int layer, const float* k, const float* v, int n) {
   // the references do with a whole prompt), not to their quantized copies. Full-precision
   // methods read the store, so a prompt in any chunks and the same tokens fed one at a time
   // compute exactly the same attention.
-  batch_self_full_ = prompt_open_ && n > 1 && config_.quantized();
-  batch_first_ = first;
+  const Batch batch{first, prompt_open_ && n > 1 && config_.quantized()};
   const bool post_rope = config_.key_rope == kv::KeyRope::Post;
-  if (batch_self_full_ || post_rope) {
+  if (batch.self_full || post_rope) {
     batch_keys_.assign(k, k + count);
     const std::size_t half = d / 2;
     if (first != rope_first_ || n > rope_rows_) {  // the batch's cos/sin, once for all layers
@@ -99,20 +98,23 @@ void StoreCache::append(int layer, const float* k, const float* v, int n) {
                    d, cs, cs + half, rope_.neox ? RopeLayout::Neox : RopeLayout::Normal);
       }
     }
-    batch_values_ = v;
-    batch_tokens_ = n;
   }
   cache.append(post_rope ? batch_keys_.data() : k, v, std::size_t(n));
+  return batch;
 }
 
-void StoreCache::attend(int layer, const float* q, int n, int first_pos, float* out,
-                        ThreadPool& pool) {
-  if (batch_self_full_ && batch_first_ == 0) {
-    causal_attention(shape_, q, n, first_pos, batch_keys_.data(), batch_values_, batch_tokens_, out,
-                     pool);
+void StoreCache::append(int layer, const float* k, const float* v, int n) {
+  store_batch(layer, k, v, n);
+}
+
+void StoreCache::append_and_attend(int layer, const float* k, const float* v, const float* q, int n,
+                                   int first_pos, float* out, ThreadPool& pool) {
+  const Batch batch = store_batch(layer, k, v, n);
+  if (batch.self_full && batch.first == 0) {
+    causal_attention(shape_, q, n, first_pos, batch_keys_.data(), v, n, out, pool);
     return;
   }
-  if (batch_self_full_) {
+  if (batch.self_full) {
     // Earlier tokens through the store (each query sees positions < batch_first_), the batch
     // itself in full precision; the two softmaxes merged by their log denominators.
     const auto rows = std::size_t(n) * std::size_t(shape_.n_heads);
@@ -120,11 +122,10 @@ void StoreCache::attend(int layer, const float* q, int n, int first_pos, float* 
     store_out_.resize(rows * d);
     store_lse_.resize(rows);
     self_lse_.resize(rows);
-    positions_.assign(std::size_t(n), batch_first_ - 1);
+    positions_.assign(std::size_t(n), batch.first - 1);
     store_.layer(layer).attend(q, std::size_t(n), shape_.n_heads, positions_.data(),
                                store_out_.data(), &pool, store_lse_.data());
-    causal_attention(shape_, q, n, 0, batch_keys_.data(), batch_values_, batch_tokens_, out, pool,
-                     self_lse_.data());
+    causal_attention(shape_, q, n, 0, batch_keys_.data(), v, n, out, pool, self_lse_.data());
     for (std::size_t r = 0; r < rows; ++r) {
       const float a = store_lse_[r], b = self_lse_[r], m = std::max(a, b);
       const float wa = std::exp(a - m), wb = std::exp(b - m), inv = 1.0f / (wa + wb);
@@ -142,7 +143,6 @@ void StoreCache::attend(int layer, const float* q, int n, int first_pos, float* 
 void StoreCache::finish_prompt() {
   if (!prompt_open_) return;
   prompt_open_ = false;
-  batch_self_full_ = false;
   for (int l = 0; l < shape_.n_layers; ++l) store_.layer(l).end_queries();
   // Chunk-sized buffers (post-RoPE keys keep theirs: every decoded token is rotated there).
   if (config_.key_rope == kv::KeyRope::Pre) std::vector<float>().swap(batch_keys_);

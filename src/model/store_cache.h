@@ -40,8 +40,8 @@ class StoreCache final : public AttentionCache {
   void observe_queries(int layer, const float* q_before_rope, const float* q_after_rope, int n,
                        ThreadPool& pool) override;
   void append(int layer, const float* k, const float* v, int n) override;
-  void attend(int layer, const float* q, int n, int first_pos, float* out,
-              ThreadPool& pool) override;
+  void append_and_attend(int layer, const float* k, const float* v, const float* q, int n,
+                         int first_pos, float* out, ThreadPool& pool) override;
   void finish_prompt() override;
   int n_tokens() const override { return int(store_.tokens()); }
   int capacity() const override { return shape_.max_tokens; }
@@ -52,7 +52,7 @@ class StoreCache final : public AttentionCache {
   const kv::KvCache& store() const { return store_; }
   const kv::CacheConfig& config() const { return config_; }
   // Writes the SQuat states of every layer (after a prompt was processed).
-  void save_subspace(const std::string& path) const;
+  void save_subspace(const std::string& path) const override;
 
  private:
   KvShape shape_;
@@ -61,15 +61,18 @@ class StoreCache final : public AttentionCache {
   kv::KvCache store_;
   std::string model_tag_;
   bool keep_subspace_ = true;
-  // The current layer's batch: rotated keys, and values (the model's buffer, valid until
-  // attend), so a prompt chunk attends to itself in full precision.
+  struct Batch {
+    int first = 0;           // position of the batch's first token
+    bool self_full = false;  // the batch attends to itself in full precision (a prompt chunk)
+  };
+  // Stores a batch for `layer`; rotates its keys into batch_keys_ when it attends to itself in
+  // full precision or keys are stored post-RoPE.
+  Batch store_batch(int layer, const float* k, const float* v, int n);
+
+  // The current layer's batch keys, rotated (see store_batch).
   std::vector<float> batch_keys_;
-  const float* batch_values_ = nullptr;
-  int batch_tokens_ = 0;
-  int batch_first_ = 0;  // position of the batch's first token
   bool states_from_file_ = false;
-  bool prompt_open_ = true;       // finish_prompt not called since the cache was empty
-  bool batch_self_full_ = false;  // the layer's current batch attends to itself in full precision
+  bool prompt_open_ = true;  // finish_prompt not called since the cache was empty
   std::vector<int> positions_;
   // A later prompt chunk: attention over the store and over itself, merged by log-sum-exp.
   std::vector<float> store_out_, store_lse_, self_lse_;

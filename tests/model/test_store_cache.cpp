@@ -2,9 +2,13 @@
 // computation: rotate every key, softmax over all visible scores, weighted sum of values, with
 // keys and values as stored (fp16-rounded for f16).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
+#include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/error.h"
@@ -71,9 +75,8 @@ TEST_P(StoreCacheAttention, MatchesDirectSoftmax) {
       all_v.emplace_back(v.begin() + t * kv * d, v.begin() + (t + 1) * kv * d);
     }
     for (int layer = 0; layer < shape.n_layers; ++layer) {
-      cache.append(layer, k.data(), v.data(), step);
       std::vector<float> out(q.size());
-      cache.attend(layer, q.data(), step, pos, out.data(), pool);
+      cache.append_and_attend(layer, k.data(), v.data(), q.data(), step, pos, out.data(), pool);
       for (int i = 0; i < step; ++i) {
         for (int h = 0; h < hq; ++h) {
           const int g = h / n_rep;
@@ -170,9 +173,8 @@ TEST(StoreCache, PromptChunksAttendToThemselvesInFullPrecisionAndToTheStore) {
         if (cache.wants_queries(layer)) {
           cache.observe_queries(layer, q.data(), q.data(), step, pool);
         }
-        cache.append(layer, k.data(), v.data(), step);
         std::vector<float> out(q.size());
-        cache.attend(layer, q.data(), step, pos, out.data(), pool);
+        cache.append_and_attend(layer, k.data(), v.data(), q.data(), step, pos, out.data(), pool);
         const kv::LayerCache& stored = cache.store().layer(layer);
         if (method == kv::CacheMethod::Squat && layer == 0) {
           const std::vector<double>& p = stored.states().at(0).p();
@@ -280,20 +282,94 @@ TEST(StoreCache, SharedRopeTableGivesTheSameAttention) {
       std::vector<float> out_a(q.size()), out_own(q.size()), out_b(q.size());
       for (StoreCache* c : {&a, &own}) {
         if (c->wants_queries(layer)) c->observe_queries(layer, q.data(), q.data(), step, pool);
-        c->append(layer, k.data(), v.data(), step);
       }
       if (b.wants_queries(layer))
         b.observe_queries(layer, other_q.data(), other_q.data(), step, pool);
-      b.append(layer, other_k.data(), v.data(), step);
-      a.attend(layer, q.data(), step, pos, out_a.data(), pool);
-      b.attend(layer, other_q.data(), step, pos, out_b.data(), pool);
-      own.attend(layer, q.data(), step, pos, out_own.data(), pool);
+      a.append_and_attend(layer, k.data(), v.data(), q.data(), step, pos, out_a.data(), pool);
+      b.append_and_attend(layer, other_k.data(), v.data(), other_q.data(), step, pos, out_b.data(),
+                          pool);
+      own.append_and_attend(layer, k.data(), v.data(), q.data(), step, pos, out_own.data(), pool);
       EXPECT_EQ(out_a, out_own) << "layer " << layer << " at " << pos;
     }
     pos += step;
   }
   const KvShape longer{shape.n_layers, hq, kv, d, shape.max_tokens + 1};
   EXPECT_THROW({ StoreCache too_long(longer, rope, config, "", "", true, table); }, squat::Error);
+}
+
+// A wrapper that counts the tokens it sees stored, through either call.
+class CountingCache final : public ForwardingCache {
+ public:
+  using ForwardingCache::ForwardingCache;
+  int seen = 0;
+
+ private:
+  void on_append(int layer, const float* /*k*/, const float* /*v*/, int n) override {
+    if (layer == 0) seen += n;
+  }
+};
+
+TEST(ForwardingCache, SeesEveryStoredBatchAndAttendsAsTheCacheItWraps) {
+  const KvShape shape{2, 4, 2, 8, 64};
+  const RopeSpec rope{{1.0f, 0.3f, 0.1f, 0.01f}, false};
+  kv::CacheConfig config;
+  config.method = kv::CacheMethod::Squat;
+  config.group_size = 8;
+  config.residual_length = 8;
+  config.quant_group_size = 8;
+  config.subspace_dim = 2;
+  StoreCache plain(shape, rope, config);
+  CountingCache wrapped(std::make_unique<StoreCache>(shape, rope, config));
+  ThreadPool pool(2);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  int pos = 0;
+  for (const int step : {20, 0, 1, 1, 9}) {
+    if (step == 0) {
+      plain.finish_prompt();
+      wrapped.finish_prompt();
+      continue;
+    }
+    const int kvd = shape.n_kv_heads * shape.head_dim, qd = shape.n_heads * shape.head_dim;
+    std::vector<float> k(std::size_t(step * kvd)), v(k.size()), q(std::size_t(step * qd));
+    for (auto* x : {&k, &v, &q}) {
+      for (float& e : *x) e = normal(rng);
+    }
+    for (int layer = 0; layer < shape.n_layers; ++layer) {
+      for (AttentionCache* c :
+           {static_cast<AttentionCache*>(&plain), static_cast<AttentionCache*>(&wrapped)}) {
+        if (c->wants_queries(layer)) c->observe_queries(layer, q.data(), q.data(), step, pool);
+      }
+      std::vector<float> out_plain(q.size()), out_wrapped(q.size());
+      plain.append_and_attend(layer, k.data(), v.data(), q.data(), step, pos, out_plain.data(),
+                              pool);
+      wrapped.append_and_attend(layer, k.data(), v.data(), q.data(), step, pos, out_wrapped.data(),
+                                pool);
+      EXPECT_EQ(out_plain, out_wrapped) << "layer " << layer << " at " << pos;
+    }
+    pos += step;
+  }
+  EXPECT_EQ(wrapped.seen, pos);
+  EXPECT_EQ(wrapped.n_tokens(), pos);
+  // append (no attention) is seen too.
+  std::vector<float> k(std::size_t(shape.n_kv_heads * shape.head_dim), 0.5f), v(k);
+  for (int layer = 0; layer < shape.n_layers; ++layer) wrapped.append(layer, k.data(), v.data(), 1);
+  EXPECT_EQ(wrapped.seen, pos + 1);
+  // Saving the subspace goes through the interface to the cache that has it: the wrapped
+  // cache's file loads into a new cache and gives the same states.
+  const std::string path =
+      ::testing::TempDir() + "forwarding-subspace-" + std::to_string(::getpid()) + ".bin";
+  const AttentionCache& as_interface = wrapped;
+  as_interface.save_subspace(path);
+  StoreCache loaded(shape, rope, config, path);
+  plain.save_subspace(path + ".plain");
+  StoreCache loaded_plain(shape, rope, config, path + ".plain");
+  for (int layer = 0; layer < shape.n_layers; ++layer) {
+    EXPECT_EQ(loaded.store().layer(layer).states().at(0).p(),
+              loaded_plain.store().layer(layer).states().at(0).p());
+  }
+  std::remove(path.c_str());
+  std::remove((path + ".plain").c_str());
 }
 
 TEST(StoreCache, RefusesTokensPastItsCapacity) {
