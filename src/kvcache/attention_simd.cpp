@@ -529,6 +529,72 @@ bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_
 }
 #undef SQUAT_FOR_ROWS
 
+// o_r = o_r * corr_r + sum_t w_r[t] * v[t * ldv ..] for R <= 4 rows (rows past R repeat
+// row R - 1 and are not stored), per channel vector in token order, the rows sharing each value
+// load. Rescale: per row exactly AccumulateImpl's arithmetic (the decode path's); otherwise
+// (corr ignored) o_r += w v in token order, kernels::axpy's (the per-query prompt loop's): the
+// scalar tails of the two are written differently, and the compiler may fuse them differently.
+template <bool Rescale, class DF>
+HWY_INLINE void AccumulateRows(DF df, std::size_t R, const float* const* w, const float* corr,
+                               float* const* o, const float* HWY_RESTRICT v, std::size_t ldv,
+                               std::size_t tmax, std::size_t D) {
+  const std::size_t N = hn::Lanes(df);
+  const auto c0 = hn::Set(df, Rescale ? corr[0] : 1.0f), c1 = hn::Set(df, Rescale ? corr[1] : 1.0f);
+  const auto c2 = hn::Set(df, Rescale ? corr[2] : 1.0f), c3 = hn::Set(df, Rescale ? corr[3] : 1.0f);
+  std::size_t c = 0;
+  for (; c + 2 * N <= D; c += 2 * N) {
+    auto a00 = hn::Mul(hn::LoadU(df, o[0] + c), c0), a01 = hn::Mul(hn::LoadU(df, o[0] + c + N), c0);
+    auto a10 = hn::Mul(hn::LoadU(df, o[1] + c), c1), a11 = hn::Mul(hn::LoadU(df, o[1] + c + N), c1);
+    auto a20 = hn::Mul(hn::LoadU(df, o[2] + c), c2), a21 = hn::Mul(hn::LoadU(df, o[2] + c + N), c2);
+    auto a30 = hn::Mul(hn::LoadU(df, o[3] + c), c3), a31 = hn::Mul(hn::LoadU(df, o[3] + c + N), c3);
+    for (std::size_t t = 0; t < tmax; ++t) {
+      const float* vr = v + t * ldv + c;
+      const auto v0 = hn::LoadU(df, vr), v1 = hn::LoadU(df, vr + N);
+      const auto w0 = hn::Set(df, w[0][t]), w1 = hn::Set(df, w[1][t]);
+      const auto w2 = hn::Set(df, w[2][t]), w3 = hn::Set(df, w[3][t]);
+      a00 = hn::MulAdd(w0, v0, a00);
+      a01 = hn::MulAdd(w0, v1, a01);
+      a10 = hn::MulAdd(w1, v0, a10);
+      a11 = hn::MulAdd(w1, v1, a11);
+      a20 = hn::MulAdd(w2, v0, a20);
+      a21 = hn::MulAdd(w2, v1, a21);
+      a30 = hn::MulAdd(w3, v0, a30);
+      a31 = hn::MulAdd(w3, v1, a31);
+    }
+    hn::StoreU(a00, df, o[0] + c);
+    hn::StoreU(a01, df, o[0] + c + N);
+    if (R > 1) hn::StoreU(a10, df, o[1] + c), hn::StoreU(a11, df, o[1] + c + N);
+    if (R > 2) hn::StoreU(a20, df, o[2] + c), hn::StoreU(a21, df, o[2] + c + N);
+    if (R > 3) hn::StoreU(a30, df, o[3] + c), hn::StoreU(a31, df, o[3] + c + N);
+  }
+  for (; c + N <= D; c += N) {
+    auto a0 = hn::Mul(hn::LoadU(df, o[0] + c), c0), a1 = hn::Mul(hn::LoadU(df, o[1] + c), c1);
+    auto a2 = hn::Mul(hn::LoadU(df, o[2] + c), c2), a3 = hn::Mul(hn::LoadU(df, o[3] + c), c3);
+    for (std::size_t t = 0; t < tmax; ++t) {
+      const auto v0 = hn::LoadU(df, v + t * ldv + c);
+      a0 = hn::MulAdd(hn::Set(df, w[0][t]), v0, a0);
+      a1 = hn::MulAdd(hn::Set(df, w[1][t]), v0, a1);
+      a2 = hn::MulAdd(hn::Set(df, w[2][t]), v0, a2);
+      a3 = hn::MulAdd(hn::Set(df, w[3][t]), v0, a3);
+    }
+    hn::StoreU(a0, df, o[0] + c);
+    if (R > 1) hn::StoreU(a1, df, o[1] + c);
+    if (R > 2) hn::StoreU(a2, df, o[2] + c);
+    if (R > 3) hn::StoreU(a3, df, o[3] + c);
+  }
+  for (; c < D; ++c) {  // channels past the last whole vector
+    for (std::size_t r = 0; r < R; ++r) {
+      if constexpr (Rescale) {  // as AccumulateImpl's tail
+        float a = o[r][c] * corr[r];
+        for (std::size_t t = 0; t < tmax; ++t) a += w[r][t] * v[t * ldv + c];
+        o[r][c] = a;
+      } else {  // as kernels::axpy's tail
+        for (std::size_t t = 0; t < tmax; ++t) o[r][c] += w[r][t] * v[t * ldv + c];
+      }
+    }
+  }
+}
+
 // One flash-attention tile: up to 4 query rows at a time share each key and value load. Per
 // row the arithmetic is exactly the decode path's (block_logits' Dot, exp_sum, accumulate), so
 // a prompt attending through the store gets the same bits as its tokens fed one at a time.
@@ -614,66 +680,11 @@ void FlashTileImpl(const float* HWY_RESTRICT qs, std::size_t rows, const std::si
       for (std::size_t t = vr; t < tmax; ++t) s[t] = 0.0f;
     }
     // Values: acc * corr + sum_t p[t] v[t], per channel vector, rows sharing each load.
-    const float* p0 = s0;
-    const float* p1 = s1;
-    const float* p2 = s2;
-    const float* p3 = s3;
-    float* o0 = part + r0 * pstride + 2;
-    float* o1 = part + i1 * pstride + 2;
-    float* o2 = part + i2 * pstride + 2;
-    float* o3 = part + i3 * pstride + 2;
-    const auto c0 = hn::Set(df, corr[r0]), c1 = hn::Set(df, corr[i1]);
-    const auto c2 = hn::Set(df, corr[i2]), c3 = hn::Set(df, corr[i3]);
-    std::size_t c = 0;
-    for (; c + 2 * N <= D; c += 2 * N) {
-      auto a00 = hn::Mul(hn::LoadU(df, o0 + c), c0), a01 = hn::Mul(hn::LoadU(df, o0 + c + N), c0);
-      auto a10 = hn::Mul(hn::LoadU(df, o1 + c), c1), a11 = hn::Mul(hn::LoadU(df, o1 + c + N), c1);
-      auto a20 = hn::Mul(hn::LoadU(df, o2 + c), c2), a21 = hn::Mul(hn::LoadU(df, o2 + c + N), c2);
-      auto a30 = hn::Mul(hn::LoadU(df, o3 + c), c3), a31 = hn::Mul(hn::LoadU(df, o3 + c + N), c3);
-      for (std::size_t t = 0; t < tmax; ++t) {
-        const float* vr = v + t * ldv + c;
-        const auto v0 = hn::LoadU(df, vr), v1 = hn::LoadU(df, vr + N);
-        const auto w0 = hn::Set(df, p0[t]), w1 = hn::Set(df, p1[t]);
-        const auto w2 = hn::Set(df, p2[t]), w3 = hn::Set(df, p3[t]);
-        a00 = hn::MulAdd(w0, v0, a00);
-        a01 = hn::MulAdd(w0, v1, a01);
-        a10 = hn::MulAdd(w1, v0, a10);
-        a11 = hn::MulAdd(w1, v1, a11);
-        a20 = hn::MulAdd(w2, v0, a20);
-        a21 = hn::MulAdd(w2, v1, a21);
-        a30 = hn::MulAdd(w3, v0, a30);
-        a31 = hn::MulAdd(w3, v1, a31);
-      }
-      hn::StoreU(a00, df, o0 + c);
-      hn::StoreU(a01, df, o0 + c + N);
-      if (R > 1) hn::StoreU(a10, df, o1 + c), hn::StoreU(a11, df, o1 + c + N);
-      if (R > 2) hn::StoreU(a20, df, o2 + c), hn::StoreU(a21, df, o2 + c + N);
-      if (R > 3) hn::StoreU(a30, df, o3 + c), hn::StoreU(a31, df, o3 + c + N);
-    }
-    for (; c + N <= D; c += N) {
-      auto a0 = hn::Mul(hn::LoadU(df, o0 + c), c0), a1 = hn::Mul(hn::LoadU(df, o1 + c), c1);
-      auto a2 = hn::Mul(hn::LoadU(df, o2 + c), c2), a3 = hn::Mul(hn::LoadU(df, o3 + c), c3);
-      for (std::size_t t = 0; t < tmax; ++t) {
-        const auto v0 = hn::LoadU(df, v + t * ldv + c);
-        a0 = hn::MulAdd(hn::Set(df, p0[t]), v0, a0);
-        a1 = hn::MulAdd(hn::Set(df, p1[t]), v0, a1);
-        a2 = hn::MulAdd(hn::Set(df, p2[t]), v0, a2);
-        a3 = hn::MulAdd(hn::Set(df, p3[t]), v0, a3);
-      }
-      hn::StoreU(a0, df, o0 + c);
-      if (R > 1) hn::StoreU(a1, df, o1 + c);
-      if (R > 2) hn::StoreU(a2, df, o2 + c);
-      if (R > 3) hn::StoreU(a3, df, o3 + c);
-    }
-    for (; c < D; ++c) {  // channels past the last whole vector, as AccumulateImpl's tail
-      for (std::size_t r = r0; r < r0 + R; ++r) {
-        float* o = part + r * pstride + 2;
-        const float* pr = S + r * nb;
-        float a = o[c] * corr[r];
-        for (std::size_t t = 0; t < tmax; ++t) a += pr[t] * v[t * ldv + c];
-        o[c] = a;
-      }
-    }
+    const float* w[4] = {s0, s1, s2, s3};
+    float* o[4] = {part + r0 * pstride + 2, part + i1 * pstride + 2, part + i2 * pstride + 2,
+                   part + i3 * pstride + 2};
+    const float cr[4] = {corr[r0], corr[i1], corr[i2], corr[i3]};
+    AccumulateRows<true>(df, R, w, cr, o, v, ldv, tmax, D);
   }
 }
 
@@ -707,7 +718,6 @@ void PromptTileImpl(const float* HWY_RESTRICT qs, std::size_t rows, const std::s
                     std::size_t ldv, std::size_t nb, std::size_t D, float scale, int pass,
                     float* part, std::size_t pstride, float* work) {
   const hn::ScalableTag<float> df;
-  const std::size_t N = hn::Lanes(df);
   float* HWY_RESTRICT S = work;  // [4][nb]
   for (std::size_t r0 = 0; r0 < rows; r0 += 4) {
     const std::size_t R = std::min<std::size_t>(4, rows - r0);
@@ -743,61 +753,12 @@ void PromptTileImpl(const float* HWY_RESTRICT qs, std::size_t rows, const std::s
     if (pass == 0) continue;
     // Values: acc += w v per channel vector in token order (as kernels::axpy), rows sharing
     // each load; a zero weight adds exactly nothing.
-    const float* w0 = S;
-    const float* w1 = S + std::min<std::size_t>(1, R - 1) * nb;
-    const float* w2 = S + std::min<std::size_t>(2, R - 1) * nb;
-    const float* w3 = S + std::min<std::size_t>(3, R - 1) * nb;
-    float* o0 = part + r0 * pstride + 2;
-    float* o1 = part + i1 * pstride + 2;
-    float* o2 = part + i2 * pstride + 2;
-    float* o3 = part + i3 * pstride + 2;
-    std::size_t c = 0;
-    for (; c + 2 * N <= D; c += 2 * N) {
-      auto a00 = hn::LoadU(df, o0 + c), a01 = hn::LoadU(df, o0 + c + N);
-      auto a10 = hn::LoadU(df, o1 + c), a11 = hn::LoadU(df, o1 + c + N);
-      auto a20 = hn::LoadU(df, o2 + c), a21 = hn::LoadU(df, o2 + c + N);
-      auto a30 = hn::LoadU(df, o3 + c), a31 = hn::LoadU(df, o3 + c + N);
-      for (std::size_t t = 0; t < tmax; ++t) {
-        const float* vr = v + t * ldv + c;
-        const auto v0 = hn::LoadU(df, vr), v1 = hn::LoadU(df, vr + N);
-        const auto b0 = hn::Set(df, w0[t]), b1 = hn::Set(df, w1[t]);
-        const auto b2 = hn::Set(df, w2[t]), b3 = hn::Set(df, w3[t]);
-        a00 = hn::MulAdd(b0, v0, a00);
-        a01 = hn::MulAdd(b0, v1, a01);
-        a10 = hn::MulAdd(b1, v0, a10);
-        a11 = hn::MulAdd(b1, v1, a11);
-        a20 = hn::MulAdd(b2, v0, a20);
-        a21 = hn::MulAdd(b2, v1, a21);
-        a30 = hn::MulAdd(b3, v0, a30);
-        a31 = hn::MulAdd(b3, v1, a31);
-      }
-      hn::StoreU(a00, df, o0 + c);
-      hn::StoreU(a01, df, o0 + c + N);
-      if (R > 1) hn::StoreU(a10, df, o1 + c), hn::StoreU(a11, df, o1 + c + N);
-      if (R > 2) hn::StoreU(a20, df, o2 + c), hn::StoreU(a21, df, o2 + c + N);
-      if (R > 3) hn::StoreU(a30, df, o3 + c), hn::StoreU(a31, df, o3 + c + N);
-    }
-    for (; c + N <= D; c += N) {
-      auto a0 = hn::LoadU(df, o0 + c), a1 = hn::LoadU(df, o1 + c);
-      auto a2 = hn::LoadU(df, o2 + c), a3 = hn::LoadU(df, o3 + c);
-      for (std::size_t t = 0; t < tmax; ++t) {
-        const auto v0 = hn::LoadU(df, v + t * ldv + c);
-        a0 = hn::MulAdd(hn::Set(df, w0[t]), v0, a0);
-        a1 = hn::MulAdd(hn::Set(df, w1[t]), v0, a1);
-        a2 = hn::MulAdd(hn::Set(df, w2[t]), v0, a2);
-        a3 = hn::MulAdd(hn::Set(df, w3[t]), v0, a3);
-      }
-      hn::StoreU(a0, df, o0 + c);
-      if (R > 1) hn::StoreU(a1, df, o1 + c);
-      if (R > 2) hn::StoreU(a2, df, o2 + c);
-      if (R > 3) hn::StoreU(a3, df, o3 + c);
-    }
-    for (; c < D; ++c) {
-      for (std::size_t r = 0; r < R; ++r) {
-        float* o = part + (r0 + r) * pstride + 2;
-        for (std::size_t t = 0; t < tmax; ++t) o[c] += S[r * nb + t] * v[t * ldv + c];
-      }
-    }
+    const float* w[4] = {S, S + std::min<std::size_t>(1, R - 1) * nb,
+                         S + std::min<std::size_t>(2, R - 1) * nb,
+                         S + std::min<std::size_t>(3, R - 1) * nb};
+    float* o[4] = {part + r0 * pstride + 2, part + i1 * pstride + 2, part + i2 * pstride + 2,
+                   part + i3 * pstride + 2};
+    AccumulateRows<false>(df, R, w, nullptr, o, v, ldv, tmax, D);
   }
 }
 

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "core/scratch.h"
 #include "core/thread_pool.h"
 #include "kvcache/layer_cache_impl.h"
 
@@ -176,7 +177,7 @@ void LayerCache::set_states(std::vector<SquatState> states) {
 void LayerCache::Impl::flush_keys(int h, std::size_t rows) {
   HeadStore& hs = heads[std::size_t(h)];
   AppendScratch& sc = *scratch;
-  if (sc.flush_buf.size() < rows * D()) sc.flush_buf.resize(rows * D());
+  grow(sc.flush_buf, rows * D());
   hs.kres.get(0, rows * D(), sc.flush_buf.data());
   const SquatState* state = nullptr;
   if (cfg.method == CacheMethod::Squat) {
@@ -196,7 +197,7 @@ void LayerCache::Impl::flush_keys(int h, std::size_t rows) {
 void LayerCache::Impl::flush_values(int h, std::size_t rows) {
   HeadStore& hs = heads[std::size_t(h)];
   AppendScratch& sc = *scratch;
-  if (sc.flush_buf.size() < rows * D()) sc.flush_buf.resize(rows * D());
+  grow(sc.flush_buf, rows * D());
   hs.vres.get(0, rows * D(), sc.flush_buf.data());
   detail::quantize_chunk_into(sc.flush_buf.data(), rows, D(), vbits, G, GroupLayout::PerToken,
                               cfg.param_type, nullptr, sc.chunk, sc.qscratch);
@@ -227,7 +228,7 @@ void LayerCache::Impl::append_piece(const float* k, const float* v, std::size_t 
   const std::size_t D = m.D(), stride = std::size_t(m.n_kv) * D;
   if (m.rope) m.rope->ensure(m.n + n_new);
   std::vector<float>& row_scratch = m.scratch->rowbuf;
-  if (row_scratch.size() < D) row_scratch.resize(D);
+  grow(row_scratch, D);
   float* rowbuf = row_scratch.data();
   for (int h = 0; h < m.n_kv; ++h) {
     HeadStore& hs = m.heads[std::size_t(h)];
@@ -326,8 +327,8 @@ void LayerCache::reserve(std::size_t n_tokens) {
   // append's flush scratch for a chunk of R keys (or one token's values).
   const std::size_t rows = std::max<std::size_t>(std::size_t(m.R), 1);
   AppendScratch& sc = *m.scratch;
-  if (sc.flush_buf.size() < rows * D) sc.flush_buf.resize(rows * D);
-  if (sc.rowbuf.size() < D) sc.rowbuf.resize(D);
+  grow(sc.flush_buf, rows * D);
+  grow(sc.rowbuf, D);
   sc.qscratch.reserve(rows, D);
   sc.chunk.codes.reserve(rows * D);
   sc.chunk.scale.reserve(rows * D);

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "core/scratch.h"
 #include "core/thread_pool.h"
 #include "kvcache/layer_cache_impl.h"
 #include "kvcache/softmax_partials.h"
@@ -100,14 +101,7 @@ struct AttnScratch {
   std::vector<float*> pptr;
   std::vector<std::size_t> vis, tvis;
 };
-AttnScratch& attn_scratch() {
-  thread_local AttnScratch scratch;
-  return scratch;
-}
-template <typename T>
-void grow(std::vector<T>& v, std::size_t n) {
-  if (v.size() < n) v.resize(n);
-}
+AttnScratch& attn_scratch() { return thread_scratch<AttnScratch>(); }
 
 // Codes of a block for the fused kernel, which may read up to 64 bytes past them: straight
 // from the store when that stays inside it, else through a zero-padded copy.

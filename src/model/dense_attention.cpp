@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/scratch.h"
 #include "core/thread_pool.h"
 #include "kvcache/simd.h"
 #include "kvcache/softmax_partials.h"
@@ -22,14 +23,7 @@ struct TileScratch {
   std::vector<float> qs, part, work;
   std::vector<std::size_t> vis;
 };
-TileScratch& tile_scratch() {
-  thread_local TileScratch s;
-  return s;
-}
-template <typename T>
-void grow(std::vector<T>& v, std::size_t n) {
-  if (v.size() < n) v.resize(n);
-}
+TileScratch& tile_scratch() { return thread_scratch<TileScratch>(); }
 
 }  // namespace
 
