@@ -47,7 +47,9 @@ float round_param(float x, ParamType p);
 void quantize_group(const float* x, std::size_t n, std::size_t stride, int bits, ParamType p,
                     uint8_t* codes, float* scale, float* min);
 
-// Packs n codes (each < 2^bits) into packed_bytes(n, bits) bytes; unpacks them back.
+// Packs n codes (each < 2^bits, 1 <= bits <= 8) into packed_bytes(n, bits) bytes, code i at
+// bits [i*bits, (i+1)*bits) of the byte stream, low bits first (3-bit codes straddle bytes);
+// unpacks them back.
 void pack_codes(const uint8_t* codes, std::size_t n, int bits, uint8_t* out);
 void unpack_codes(const uint8_t* packed, std::size_t n, int bits, uint8_t* codes);
 

@@ -99,10 +99,14 @@ void pack_codes(const uint8_t* codes, std::size_t n, int bits, uint8_t* out) {
     std::copy(codes, codes + n, out);
     return;
   }
+  // Code i occupies bits [i*bits, (i+1)*bits) of the stream, low bits first; a width that does
+  // not divide 8 (3 bits) lets a code straddle two bytes.
   const unsigned mask = (1u << bits) - 1u;
   for (std::size_t i = 0; i < n; ++i) {
     const std::size_t bit = i * std::size_t(bits);
-    out[bit / 8] = uint8_t(out[bit / 8] | ((codes[i] & mask) << (bit % 8)));
+    const unsigned v = (codes[i] & mask) << (bit % 8);
+    out[bit / 8] = uint8_t(out[bit / 8] | (v & 0xFFu));
+    if (bit % 8 + std::size_t(bits) > 8) out[bit / 8 + 1] = uint8_t(out[bit / 8 + 1] | (v >> 8));
   }
 }
 
@@ -114,7 +118,9 @@ void unpack_codes(const uint8_t* packed, std::size_t n, int bits, uint8_t* codes
   const unsigned mask = (1u << bits) - 1u;
   for (std::size_t i = 0; i < n; ++i) {
     const std::size_t bit = i * std::size_t(bits);
-    codes[i] = uint8_t((packed[bit / 8] >> (bit % 8)) & mask);
+    unsigned v = packed[bit / 8];
+    if (bit % 8 + std::size_t(bits) > 8) v |= unsigned(packed[bit / 8 + 1]) << 8;
+    codes[i] = uint8_t((v >> (bit % 8)) & mask);
   }
 }
 

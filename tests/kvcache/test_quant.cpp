@@ -26,7 +26,7 @@ std::vector<float> random_vec(std::size_t n, uint64_t seed, float lo = -3.0f, fl
 
 TEST(KvPack, RoundTripsEveryBitWidth) {
   std::mt19937_64 rng(1);
-  for (int bits : {2, 4, 8}) {
+  for (int bits : {1, 2, 3, 4, 5, 6, 7, 8}) {
     for (std::size_t n = 1; n <= 70; ++n) {
       std::vector<uint8_t> codes(n), back(n);
       for (auto& c : codes) c = uint8_t(rng() % (1u << bits));
@@ -65,6 +65,19 @@ TEST(KvPack, LayoutIsLowBitsFirst) {
   const uint8_t codes4[2] = {0xA, 0x3};
   pack_codes(codes4, 2, 4, &b);
   EXPECT_EQ(b, 0x3A);
+  // 3 bits: 8 codes in 3 bytes, the third and sixth straddling two. The codes 5,1,7,2,0,6,3,4
+  // low bit first are the bit stream 101 100 111 010 000 011 110 001, so byte 0 holds bits
+  // 0-7 = 1,0,1,1,0,0,1,1 (0xCD), byte 1 bits 8-15 = 1,0,1,0,0,0,0,0 (0x05), byte 2 bits
+  // 16-23 = 1,1,1,1,0,0,0,1 (0x8F), each byte's bit 0 first.
+  const uint8_t codes3[8] = {5, 1, 7, 2, 0, 6, 3, 4};
+  uint8_t b3[3];
+  pack_codes(codes3, 8, 3, b3);
+  EXPECT_EQ(b3[0], 0xCD);
+  EXPECT_EQ(b3[1], 0x05);
+  EXPECT_EQ(b3[2], 0x8F);
+  uint8_t back[8];
+  unpack_codes(b3, 8, 3, back);
+  EXPECT_EQ(std::vector<uint8_t>(back, back + 8), std::vector<uint8_t>(codes3, codes3 + 8));
 }
 
 TEST(KvQuant, WorkedExample) {
