@@ -171,6 +171,40 @@ def test_8bit_cache_generates_what_the_full_cache_generates(hf, text_ids, method
         assert margin < 0.15, (i, margin)
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen2():
+    """A randomly initialised Qwen2 built offline from a config: the other attention class
+    squat.hf supports, with what Llama lacks (q/k/v biases) and 2 query heads per KV head.
+    Weights at std 0.2 (not transformers' 0.02) so that attention moves the logits."""
+    import squat.hf
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=512, hidden_size=256, intermediate_size=512,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, initializer_range=0.2,
+                         tie_word_embeddings=False)
+    model = Qwen2ForCausalLM(config).eval()
+    squat.hf.attach(model)
+    return model
+
+
+def test_qwen2_attention_equals_transformers_attention(tiny_qwen2):
+    """As the Llama test above, on Qwen2: a float32 store of pre-RoPE keys read by the "squat"
+    attention function gives transformers' sdpa logits over DynamicCache (measured 4e-5 at
+    most), while a 2-bit cache moves them by O(1) (measured 15), so the comparison can fail."""
+    import squat.hf
+
+    rng = np.random.default_rng(1)
+    ids, p = [int(t) for t in rng.integers(0, 512, 96)], 64
+    full = hf_logits(tiny_qwen2, ids, p, torch_cache(None))[p:]
+    cache = squat.hf.SquatCache(tiny_qwen2.config, method="f32", key_rope="pre")
+    assert cache.fused
+    assert np.abs(hf_logits(tiny_qwen2, ids, p, cache)[p:] - full).max() < 1e-3
+    two_bit = squat.hf.SquatCache(tiny_qwen2.config, method="kivi", k_bits=2, v_bits=2)
+    assert np.abs(hf_logits(tiny_qwen2, ids, p, two_bit)[p:] - full).max() > 0.5
+
+
 def test_bad_use_raises_clear_errors(hf):
     import squat.hf
 
