@@ -147,6 +147,8 @@ struct LaneKeys {
   const uint32_t* hi;  // the same >> 16
   const float* scale;  // [d] key scale * 2^-(position mod 16)
   const float* min;    // [d]
+  std::size_t bits;    // per code
+  std::size_t shift;   // log2(32 / bits): channel c sits in word c >> shift
 };
 
 // 2^-k, k < 32: the factor of a code left at bit k of its word (KeyCodes: k = position mod
@@ -157,16 +159,16 @@ constexpr float kInvPow2[32] = {
     0x1p-16f, 0x1p-17f, 0x1p-18f, 0x1p-19f, 0x1p-20f, 0x1p-21f, 0x1p-22f, 0x1p-23f,
     0x1p-24f, 0x1p-25f, 0x1p-26f, 0x1p-27f, 0x1p-28f, 0x1p-29f, 0x1p-30f, 0x1p-31f};
 
-// code * 2^(position mod 16) of channel P of word w for the N tokens (KeyCodes: the one step a
-// codebook format replaces). KB bits per code; P is a compile-time position, so the mask and
-// the half (lo: bits 0-15, hi: bits 16-31) are constants.
-template <int KB, std::size_t P, class DF>
-HWY_INLINE hn::Vec<DF> KeyCodes(DF df, const LaneKeys& k, std::size_t w) {
+// code * 2^(position mod 16) of channel c for the N tokens (KeyCodes: the one step a codebook
+// format replaces). The word, half (lo: bits 0-15, hi: bits 16-31) and mask are computed from
+// c with shifts: a few scalar operations beside the vector ones, and no per-call tables.
+template <class DF>
+HWY_INLINE hn::Vec<DF> KeyCodes(DF df, const LaneKeys& k, std::size_t c) {
   const hn::RebindToUnsigned<DF> du;
   const hn::RebindToSigned<DF> di;
-  constexpr std::size_t pos = P * KB;
-  constexpr uint32_t mask = ((1u << KB) - 1u) << (pos & 15);
-  const auto x = hn::Load(du, (pos >= 16 ? k.hi : k.lo) + w * hn::Lanes(df));
+  const std::size_t pos = (c & ((std::size_t(1) << k.shift) - 1)) * k.bits;
+  const uint32_t mask = ((1u << k.bits) - 1u) << (pos & 15);
+  const auto x = hn::Load(du, (pos >= 16 ? k.hi : k.lo) + (c >> k.shift) * hn::Lanes(df));
   return hn::ConvertTo(df, hn::BitCast(di, hn::And(x, hn::Set(du, mask))));
 }
 
@@ -203,42 +205,23 @@ HWY_INLINE void RotatedPair(DF df, const LaneKeys& k, const float* cs, std::size
   acc.Add(df, P, ca, hn::NegMulAdd(S, xb, hn::Mul(C, xa)), cb, hn::MulAdd(S, xa, hn::Mul(C, xb)));
 }
 
-// Pairs and channels of word w (and, Neox, its partner word w + wr/2), positions P.. in
-// compile-time steps, in channel order (so the sums round as a loop over channels would).
-template <int KB, std::size_t R, std::size_t P, class DF>
-HWY_INLINE void WordLogits(DF df, const LaneKeys& k, const FusedBlock& b, std::size_t w,
-                           std::size_t j0, const float* const* Pq, LaneSums<R, DF>& acc) {
-  constexpr std::size_t per = 32 / KB;
-  if constexpr (P < per) {
-    const std::size_t c = w * per + P, G = b.G;
-    if (!b.rope_cs) {
-      acc.Add(df, Pq, c, KeyCodes<KB, P>(df, k, w));
-      WordLogits<KB, R, P + 1>(df, k, b, w, j0, Pq, acc);
-    } else if (!b.neox) {  // pair (c, c + 1): adjacent positions of one word
-      RotatedPair(df, k, b.rope_lanes + (c / 2) * 2 * G + j0, G, Pq, c, KeyCodes<KB, P>(df, k, w),
-                  c + 1, KeyCodes<KB, P + 1>(df, k, w), acc);
-      WordLogits<KB, R, P + 2>(df, k, b, w, j0, Pq, acc);
-    } else {  // pair (c, c + d/2): position P of words w and w + wr/2
-      const std::size_t wb = w + b.d * KB / 64;
-      RotatedPair(df, k, b.rope_lanes + c * 2 * G + j0, G, Pq, c, KeyCodes<KB, P>(df, k, w),
-                  c + b.d / 2, KeyCodes<KB, P>(df, k, wb), acc);
-      WordLogits<KB, R, P + 1>(df, k, b, w, j0, Pq, acc);
-    }
-  }
-}
-
 // Logits (without the query-independent part for post-RoPE keys) of R query rows for the N
 // tokens at lane offset j0 of the block: P[r] is row r's prepared query (see FusedBlockImpl).
-template <int KB, std::size_t R, class DF>
+// Channels in order (pairs in pair order), so the sums round as a loop over channels would.
+template <std::size_t R, class DF>
 HWY_INLINE void KeyLogits(DF df, const LaneKeys& k, const FusedBlock& b, std::size_t j0,
                           const float* const* P, const float* Kc, float* const* out) {
-  const std::size_t wr = b.d * KB / 32;
+  const std::size_t D = b.d, G = b.G, half = D / 2;
   LaneSums<R, DF> acc;
   SQUAT_FOR_ROWS(r) { acc.a[r] = hn::Zero(df); }
-  // Neox pairs span two words: walk the first half's words, each with its partner.
-  const std::size_t words = b.rope_cs && b.neox ? wr / 2 : wr;
-  for (std::size_t w = 0; w < words; ++w) WordLogits<KB, R, 0>(df, k, b, w, j0, P, acc);
-  if (!b.rope_cs) {
+  if (b.rope_cs) {
+    for (std::size_t i = 0; i < half; ++i) {
+      const std::size_t ca = b.neox ? i : 2 * i, cb = b.neox ? i + half : 2 * i + 1;
+      RotatedPair(df, k, b.rope_lanes + i * 2 * G + j0, G, P, ca, KeyCodes(df, k, ca), cb,
+                  KeyCodes(df, k, cb), acc);
+    }
+  } else {
+    for (std::size_t c = 0; c < D; ++c) acc.Add(df, P, c, KeyCodes(df, k, c));
     // P holds q * scale * key scale (factor included): the min part is the constant Kc.
     SQUAT_FOR_ROWS(r) { acc.a[r] = hn::Add(acc.a[r], hn::Set(df, Kc[r])); }
   }
@@ -268,24 +251,6 @@ HWY_INLINE void WithRows(std::size_t R, F&& f) {
   }
 }
 static_assert(kFusedPassRows == 8, "WithRows covers 1..8 rows");
-
-// KeyLogits for the block's key bits (2, 4 or 8: FusedBlockImpl refuses others) and R rows.
-template <class DF>
-HWY_INLINE void KeyLogitsFor(DF df, const LaneKeys& k, const FusedBlock& b, std::size_t R,
-                             std::size_t j0, const float* const* P, const float* Kc,
-                             float* const* out) {
-  const auto rows = [&](auto bits) {
-    constexpr int KB = decltype(bits)::value;
-    WithRows(R, [&](auto rc) { KeyLogits<KB, decltype(rc)::value>(df, k, b, j0, P, Kc, out); });
-  };
-  if (b.kbits == 2) {
-    rows(std::integral_constant<int, 2>());
-  } else if (b.kbits == 4) {
-    rows(std::integral_constant<int, 4>());
-  } else {
-    rows(std::integral_constant<int, 8>());
-  }
-}
 
 // Value codes of channels [c, c + N) of one token row as floats times `vfac` (per lane):
 // fast: the N codes fit in the 32-bit word at the vector's first byte (its low 16 bits unless
@@ -376,11 +341,9 @@ bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_
   const std::size_t kbits = std::size_t(b.kbits), vbits = std::size_t(b.vbits);
   const std::size_t wr = D * kbits / 32;  // 32-bit words per key row
   const bool rope = b.rope_cs != nullptr;
-  // Neox pairs (c, c + d/2) sit at one position of two words: d/2 whole words.
   if (N < 4 || D % N != 0 || G % N != 0 || nb > G || D > kFusedMaxD || D * kbits % 32 != 0 ||
       wr > kFusedMaxWords || (wr & (wr - 1)) != 0 || (rope && b.rope_lanes == nullptr) ||
-      (rope && b.neox && ((D / 2) % N != 0 || (D / 2) % (32 / kbits) != 0)) ||
-      (kbits != 2 && kbits != 4 && kbits != 8)) {
+      (rope && b.neox && (D / 2) % N != 0) || (kbits != 2 && kbits != 4 && kbits != 8)) {
     return false;
   }
   const std::size_t ng = D / G, half = D / 2, krb = D * kbits / 8;
@@ -401,7 +364,7 @@ bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_
   HWY_ALIGN uint32_t whi[kFusedMaxWords * hn::MaxLanes(du)];
   HWY_ALIGN uint32_t wtmp[2 * kFusedMaxWords * hn::MaxLanes(du)];
   HWY_ALIGN uint8_t kpad[kFusedMaxWords * 4 * hn::MaxLanes(du)];
-  const LaneKeys lk{wlo, whi, ksc, b.kmin};
+  const LaneKeys lk{wlo, whi, ksc, b.kmin, kbits, std::size_t(__builtin_ctz(unsigned(32 / kbits)))};
   // Value code readers.
   ValueCodes vc{N * vbits <= (kUnsignedConvert ? 32 : 16), N * vbits <= 32, b.vbits};
   HWY_ALIGN int32_t idx_v[hn::MaxLanes(df)];
@@ -474,7 +437,7 @@ bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_
         krows = kpad;
       }
       TransposeWords(du, krows, wr, wlo, whi, wtmp);
-      KeyLogitsFor(df, lk, b, R, j0, Pr, Kc, sr);
+      WithRows(R, [&](auto rc) { KeyLogits<decltype(rc)::value>(df, lk, b, j0, Pr, Kc, sr); });
     }
     // Online softmax per row; probabilities folded with the value groups' scale and min.
     float corr[RM];
