@@ -492,6 +492,14 @@ bool FusedBlockImpl(const FusedBlock& b, const float* const* q, const std::size_
 }
 #undef SQUAT_FOR_ROWS
 
+// An accumulator's starting value: o * corr (Rescale), or o as it is (no multiply by 1).
+template <bool Rescale, class DF>
+HWY_INLINE hn::Vec<DF> Start(DF df, const float* o, hn::Vec<DF> corr) {
+  if constexpr (Rescale) return hn::Mul(hn::LoadU(df, o), corr);
+  (void)corr;
+  return hn::LoadU(df, o);
+}
+
 // o_r = o_r * corr_r + sum_t w_r[t] * v[t * ldv ..] for R <= 4 rows (rows past R repeat
 // row R - 1 and are not stored), per channel vector in token order, the rows sharing each value
 // load. Rescale: per row exactly AccumulateImpl's arithmetic (the decode path's); otherwise
@@ -506,10 +514,10 @@ HWY_INLINE void AccumulateRows(DF df, std::size_t R, const float* const* w, cons
   const auto c2 = hn::Set(df, Rescale ? corr[2] : 1.0f), c3 = hn::Set(df, Rescale ? corr[3] : 1.0f);
   std::size_t c = 0;
   for (; c + 2 * N <= D; c += 2 * N) {
-    auto a00 = hn::Mul(hn::LoadU(df, o[0] + c), c0), a01 = hn::Mul(hn::LoadU(df, o[0] + c + N), c0);
-    auto a10 = hn::Mul(hn::LoadU(df, o[1] + c), c1), a11 = hn::Mul(hn::LoadU(df, o[1] + c + N), c1);
-    auto a20 = hn::Mul(hn::LoadU(df, o[2] + c), c2), a21 = hn::Mul(hn::LoadU(df, o[2] + c + N), c2);
-    auto a30 = hn::Mul(hn::LoadU(df, o[3] + c), c3), a31 = hn::Mul(hn::LoadU(df, o[3] + c + N), c3);
+    auto a00 = Start<Rescale>(df, o[0] + c, c0), a01 = Start<Rescale>(df, o[0] + c + N, c0);
+    auto a10 = Start<Rescale>(df, o[1] + c, c1), a11 = Start<Rescale>(df, o[1] + c + N, c1);
+    auto a20 = Start<Rescale>(df, o[2] + c, c2), a21 = Start<Rescale>(df, o[2] + c + N, c2);
+    auto a30 = Start<Rescale>(df, o[3] + c, c3), a31 = Start<Rescale>(df, o[3] + c + N, c3);
     for (std::size_t t = 0; t < tmax; ++t) {
       const float* vr = v + t * ldv + c;
       const auto v0 = hn::LoadU(df, vr), v1 = hn::LoadU(df, vr + N);
@@ -531,8 +539,8 @@ HWY_INLINE void AccumulateRows(DF df, std::size_t R, const float* const* w, cons
     if (R > 3) hn::StoreU(a30, df, o[3] + c), hn::StoreU(a31, df, o[3] + c + N);
   }
   for (; c + N <= D; c += N) {
-    auto a0 = hn::Mul(hn::LoadU(df, o[0] + c), c0), a1 = hn::Mul(hn::LoadU(df, o[1] + c), c1);
-    auto a2 = hn::Mul(hn::LoadU(df, o[2] + c), c2), a3 = hn::Mul(hn::LoadU(df, o[3] + c), c3);
+    auto a0 = Start<Rescale>(df, o[0] + c, c0), a1 = Start<Rescale>(df, o[1] + c, c1);
+    auto a2 = Start<Rescale>(df, o[2] + c, c2), a3 = Start<Rescale>(df, o[3] + c, c3);
     for (std::size_t t = 0; t < tmax; ++t) {
       const auto v0 = hn::LoadU(df, v + t * ldv + c);
       a0 = hn::MulAdd(hn::Set(df, w[0][t]), v0, a0);
